@@ -1,0 +1,15 @@
+"""Software-defined assets, one module per stage of the ingest chain."""
+
+from vibe_assets.assets.embeddings import clip_embeddings
+from vibe_assets.assets.files import photo_files
+from vibe_assets.assets.hashes import photo_hashes
+from vibe_assets.assets.previews import photo_previews
+from vibe_assets.assets.qdrant import build_qdrant_asset
+
+__all__ = [
+    "build_qdrant_asset",
+    "clip_embeddings",
+    "photo_files",
+    "photo_hashes",
+    "photo_previews",
+]

@@ -1,0 +1,146 @@
+"""``clip_embeddings``: CLIP image embeddings of every preview, stored per (model, SHA-256)."""
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+from PIL import Image
+
+from vibe_assets.assets.previews import paths_by_sha, photo_previews, require_hashes
+from vibe_assets.batching import prefetch_batches
+from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
+from vibe_assets.resources.clip import ClipResource
+from vibe_assets.resources.store import StoreResource
+
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+def shas_to_embed(
+    store: StoreResource, partition_keys: list[str], model_id: str
+) -> tuple[list[str], int]:
+    """Unique SHA-256s with a preview but no embedding by ``model_id``, and the count of those
+    already embedded."""
+    todo: dict[str, None] = {}
+    cached = 0
+    for key in partition_keys:
+        for sha in paths_by_sha(require_hashes(store, key)):
+            if sha in todo or store.preview_info(sha) is None:
+                continue
+            if store.has_embedding(model_id, sha):
+                cached += 1
+            else:
+                todo[sha] = None
+    return list(todo), cached
+
+
+@dataclass
+class EmbedStats:
+    """What :func:`embed_previews` did: images ``embedded``, previews ``missing`` (forgotten, to
+    be re-decoded), wall ``seconds`` (previews in -> vectors stored) and ``model_seconds`` (time
+    inside the forward passes)."""
+
+    embedded: int = 0
+    missing: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+def embed_previews(
+    store: StoreResource,
+    clip: ClipResource,
+    shas: Sequence[str],
+    log: Callable[[str], None] = lambda _: None,
+) -> EmbedStats:
+    """Embed the previews of ``shas`` with ``clip`` and store each batch as soon as it is done.
+
+    Previews are opened and preprocessed in a thread pool up to two batches ahead of the model.
+    A preview that cannot be read is forgotten (the next run re-decodes it) and counted in
+    ``missing``; it never stops the batch.
+    """
+    import torch
+
+    loaded = clip.load()
+    model_id = clip.model_id
+
+    def load_preview(sha: str) -> Any:
+        with Image.open(store.preview_path(sha)) as im:
+            return loaded.preprocess(im.convert("RGB"))
+
+    stats = EmbedStats()
+    start = last_log = time.perf_counter()
+    for batch in prefetch_batches(shas, load_preview, clip.batch_size):
+        for sha, exc in batch.errors:
+            log(f"preview of {sha} unreadable ({exc}); it will be re-decoded next run")
+            store.forget_preview(sha)
+            stats.missing.append(sha)
+        if not batch.items:
+            continue
+        t0 = time.perf_counter()
+        vectors = clip.encode_images(torch.stack(batch.values))
+        stats.model_seconds += time.perf_counter() - t0
+        store.put_embeddings(model_id, zip(batch.items, vectors, strict=True))
+        stats.embedded += len(batch.items)
+        now = time.perf_counter()
+        if now - last_log > PROGRESS_EVERY_SECONDS:
+            rate = stats.embedded / (now - start)
+            log(f"embedded {stats.embedded}/{len(shas)} images ({rate:.1f} img/s)")
+            last_log = now
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+@dg.asset(
+    deps=[photo_previews],
+    partitions_def=photo_folder_partitions,
+    backfill_policy=BACKFILL_POLICY,
+    group_name="ingest",
+    kinds={"pytorch"},
+)
+def clip_embeddings(
+    context: dg.AssetExecutionContext, store: StoreResource, clip: ClipResource
+) -> dg.MaterializeResult:
+    """L2-normalised CLIP image embeddings, (D,) float32 per unique image, of the previews not
+    yet embedded by the configured model. Previews are loaded and preprocessed in a thread pool
+    ahead of the model; each batch is written to the store as soon as it is computed, so a crash
+    loses at most one batch. The model is not loaded when there is nothing to embed.
+    """
+    model_id = clip.model_id
+    todo, cached = shas_to_embed(store, context.partition_keys, model_id)
+    metadata: dict[str, Any] = {"model": model_id, "embedded": 0, "from_cache": cached}
+    if clip.is_random:
+        metadata["weights_warning"] = "RANDOM WEIGHTS: embeddings are meaningless for search"
+    if not todo:
+        context.log.info(f"nothing to embed: {cached} images already embedded by {model_id}")
+        return dg.MaterializeResult(metadata={**metadata, "model_loaded": False})
+
+    loaded = clip.load()
+    if clip.is_random:
+        context.log.warning(f"CLIP {clip.model_name} uses RANDOM WEIGHTS (explicitly requested)")
+    context.log.info(
+        f"embedding {len(todo)} images with {model_id} on {loaded.device}, "
+        f"batch size {clip.batch_size} ({cached} already embedded)"
+    )
+    stats = embed_previews(store, clip, todo, log=context.log.info)
+    context.log.info(f"embedded {stats.embedded} images ({stats.images_per_s:.1f} img/s)")
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "model_loaded": True,
+            "embedded": stats.embedded,
+            "previews_missing": len(stats.missing),
+            "device": loaded.device,
+            "batch_size": clip.batch_size,
+            "embed_seconds": round(stats.seconds, 3),
+            "images_per_s": round(stats.images_per_s, 2),
+            "model_images_per_s": (
+                round(stats.embedded / stats.model_seconds, 2) if stats.model_seconds else 0.0
+            ),
+            "model_load_seconds": round(loaded.load_seconds, 2),
+        }
+    )

@@ -1,0 +1,189 @@
+"""``photo_previews``: decode each new image once into a preview and a thumbnail."""
+
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dagster as dg
+
+from vibe_assets.assets.hashes import photo_hashes
+from vibe_assets.imaging.decode import decode_photo, encode_preview, encode_thumbnail
+from vibe_assets.imaging.errors import ErrorCode, PhotoError
+from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
+from vibe_assets.report import failure_metadata
+from vibe_assets.resources.store import StoreResource
+
+PREVIEW_SIZE = 512  # px, long side; CLIP (224 px) and BLIP (384 px) inputs both fit under it.
+THUMBNAIL_SIZE = 256  # px, long side.
+PROGRESS_EVERY_SECONDS = 10.0
+
+# Failures that depend on the moment, not on the bytes: never cached, retried next run.
+TRANSIENT_CODES = {
+    ErrorCode.ERR_FILE_VANISHED,
+    ErrorCode.ERR_PERMISSION_DENIED,
+    ErrorCode.ERR_READ_FAILED,
+}
+
+
+def require_hashes(store: StoreResource, key: str) -> dict[str, Any]:
+    """The stored ``photo_hashes`` listing of a partition.
+
+    Raises:
+        dg.Failure: ``photo_hashes`` has not been materialized for that partition.
+    """
+    hashes = store.folder_hashes(key)
+    if hashes is None:
+        raise dg.Failure(f"no hashes for partition {key!r}: materialize photo_hashes first")
+    return hashes
+
+
+def paths_by_sha(hashes: dict[str, Any]) -> dict[str, list[str]]:
+    """``{sha256: [paths...]}`` of one folder's hash listing (paths sorted)."""
+    out: dict[str, list[str]] = {}
+    for path, entry in hashes["files"].items():
+        out.setdefault(entry["sha256"], []).append(path)
+    return {sha: sorted(paths) for sha, paths in out.items()}
+
+
+def decode_workers() -> int:
+    """Decode threads: one per core (Pillow and LibRaw release the GIL while decoding)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def _decode_one(store: StoreResource, sha256: str, paths: list[str]) -> dict[str, Any] | PhotoError:
+    """Decode the first readable path holding these bytes and store preview + thumbnail."""
+    err: PhotoError | None = None
+    for path in paths:
+        try:
+            decoded = decode_photo(path, preview_size=PREVIEW_SIZE)
+        except PhotoError as exc:
+            err = exc
+            if exc.code in TRANSIENT_CODES:
+                continue  # another copy of the same bytes may still be readable
+            break
+        info = {
+            "width": decoded.width,
+            "height": decoded.height,
+            "format": decoded.format,
+            "decoder": decoded.decoder,
+        }
+        try:
+            store.put_preview(
+                sha256,
+                encode_preview(decoded.image),
+                encode_thumbnail(decoded.image, THUMBNAIL_SIZE),
+                info,
+            )
+        except OSError as exc:  # e.g. disk full under VIBE_HOME: a problem of ours, not the file's
+            raise RuntimeError(f"cannot write preview under {store.root}: {exc}") from exc
+        return info
+    assert err is not None
+    if err.code not in TRANSIENT_CODES:
+        store.put_decode_failure(sha256, err.to_dict())
+    return err
+
+
+def needs_decode(store: StoreResource, sha256: str) -> bool:
+    """True when these bytes have neither a usable preview nor a cached content failure."""
+    if store.decode_failure(sha256) is not None:
+        return False
+    if store.preview_info(sha256) is None:
+        return True
+    return not store.preview_path(sha256).is_file()
+
+
+def decode_all(
+    context: dg.AssetExecutionContext, store: StoreResource, todo: dict[str, list[str]]
+) -> dict[str, PhotoError]:
+    """Decode ``{sha256: paths}`` in a thread pool; returns this run's failures by sha."""
+    failures: dict[str, PhotoError] = {}
+    start = last_log = time.perf_counter()
+
+    def work(item: tuple[str, list[str]]) -> tuple[str, dict[str, Any] | PhotoError]:
+        return item[0], _decode_one(store, *item)
+
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
+        for done, (sha, result) in enumerate(pool.map(work, todo.items()), start=1):
+            if isinstance(result, PhotoError):
+                failures[sha] = result
+            now = time.perf_counter()
+            if now - last_log > PROGRESS_EVERY_SECONDS or done == len(todo):
+                context.log.info(
+                    f"decoded {done}/{len(todo)} images ({done / (now - start):.1f} img/s), "
+                    f"{len(failures)} failed"
+                )
+                last_log = now
+    return failures
+
+
+def folder_report(
+    store: StoreResource, hashes: dict[str, Any], new_failures: dict[str, PhotoError]
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Processed paths and failed ``{"path", "code", "message"}`` rows of one folder."""
+    processed: list[str] = []
+    failures: list[dict[str, str]] = list(hashes["failures"])
+    for sha, paths in paths_by_sha(hashes).items():
+        err = new_failures.get(sha)
+        failure = err.to_dict() if err else store.decode_failure(sha)
+        if failure is None and store.preview_info(sha) is None:
+            failure = PhotoError(ErrorCode.ERR_READ_FAILED, "no preview was produced").to_dict()
+        if failure is None:
+            processed.extend(paths)
+        else:
+            failures.extend({"path": p, **failure} for p in paths)
+    return processed, failures
+
+
+def _unique(shas: Iterable[str]) -> int:
+    return len(set(shas))
+
+
+@dg.asset(
+    deps=[photo_hashes],
+    partitions_def=photo_folder_partitions,
+    backfill_policy=BACKFILL_POLICY,
+    group_name="ingest",
+    kinds={"python"},
+)
+def photo_previews(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """One upright sRGB preview (JPEG, long side 512 px) and thumbnail (WebP, 256 px) per unique
+    image, decoded once from the original (JPEG at reduced scale, RAW from its embedded preview
+    when large enough) and stored by SHA-256. Undecodable files get a structured error code;
+    content failures are cached by hash, so a file is retried only when its bytes change. This
+    asset's metadata is the run's file report: every file is processed or failed with a code.
+    """
+    start = time.perf_counter()
+    listings = {key: require_hashes(store, key) for key in context.partition_keys}
+    todo: dict[str, list[str]] = {}
+    all_shas: list[str] = []
+    for hashes in listings.values():
+        for sha, paths in paths_by_sha(hashes).items():
+            all_shas.append(sha)
+            if needs_decode(store, sha):
+                todo.setdefault(sha, []).extend(paths)
+    todo = {sha: sorted(set(paths)) for sha, paths in todo.items()}
+    context.log.info(f"{len(todo)} new images to decode of {_unique(all_shas)} unique")
+    new_failures = decode_all(context, store, todo) if todo else {}
+
+    processed: list[str] = []
+    failures: list[dict[str, str]] = []
+    for key, hashes in listings.items():
+        ok, bad = folder_report(store, hashes, new_failures)
+        processed.extend(ok)
+        failures.extend(bad)
+        context.log.info(f"{key}: {len(ok)} files processed, {len(bad)} failed")
+    seconds = time.perf_counter() - start
+    decoded = len(todo) - len(new_failures)
+    return dg.MaterializeResult(
+        metadata={
+            "files_processed": len(processed),
+            "unique_images": _unique(all_shas),
+            "decoded": decoded,
+            "from_cache": _unique(all_shas) - len(todo),
+            "decode_seconds": round(seconds, 3),
+            "decode_images_per_s": round(len(todo) / seconds, 2) if todo and seconds else 0.0,
+            **failure_metadata(failures),
+        }
+    )

@@ -1,0 +1,104 @@
+"""``qdrant_<collection>``: one Qdrant point per unique image, synced incrementally."""
+
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import dagster as dg
+from qdrant_client import models
+
+from vibe_assets.assets.embeddings import clip_embeddings
+from vibe_assets.assets.previews import paths_by_sha, require_hashes
+from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
+from vibe_assets.points import sync_folder
+from vibe_assets.resources.clip import ClipResource
+from vibe_assets.resources.qdrant import QdrantResource, point_id
+from vibe_assets.resources.store import StoreResource
+
+
+def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
+    """Asset ``qdrant_<collection>`` that syncs each folder partition into that collection.
+
+    The collection is created on first use with the CLIP model's vector size and Cosine
+    distance; an existing collection with another size or distance fails the run with a clear
+    message (never a silent mix of models).
+    """
+
+    @dg.asset(
+        name=f"qdrant_{collection}",
+        deps=[clip_embeddings],
+        partitions_def=photo_folder_partitions,
+        backfill_policy=BACKFILL_POLICY,
+        group_name="ingest",
+        kinds={"qdrant"},
+        description=(
+            f"Qdrant collection {collection!r}: one point per unique image (id = UUID5 of its "
+            "SHA-256) with its CLIP vector and payload (sha256, paths, folder_keys, width, height, "
+            "format, embed_model). Upserts new images, rewrites the paths of moved or copied "
+            "files, and deletes points whose files are all gone."
+        ),
+    )
+    def _qdrant_asset(
+        context: dg.AssetExecutionContext,
+        store: StoreResource,
+        clip: ClipResource,
+        qdrant: QdrantResource,
+    ) -> dg.MaterializeResult:
+        start = time.perf_counter()
+        model_id = clip.model_id
+        dim = clip.embedding_dim()
+        totals: Counter[str] = Counter()
+
+        def make_point(folder_key: str):
+            def build(sha: str, paths: list[str]) -> models.PointStruct | None:
+                info = store.preview_info(sha)
+                vector = store.get_embedding(model_id, sha)
+                if info is None or vector is None or vector.shape != (dim,):
+                    return None
+                payload = {
+                    "sha256": sha,
+                    "paths": paths,
+                    "folder_keys": [folder_key],
+                    "width": info["width"],
+                    "height": info["height"],
+                    "format": info["format"],
+                    "embed_model": model_id,
+                    "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+                return models.PointStruct(id=point_id(sha), vector=vector.tolist(), payload=payload)
+
+            return build
+
+        with qdrant.client() as client:
+            if qdrant.ensure_collection(client, collection, dim):
+                context.log.info(f"created collection {collection!r} ({dim}-d, Cosine)")
+            for key in context.partition_keys:
+                hashes = require_hashes(store, key)
+                current = {
+                    sha: paths
+                    for sha, paths in paths_by_sha(hashes).items()
+                    if store.preview_info(sha) is not None
+                }
+                counts = sync_folder(
+                    client, collection, key, hashes["root"], current, make_point(key)
+                )
+                totals.update(counts)
+                context.log.info(f"{key}: {dict(counts)}")
+            points = client.count(collection, exact=True).count
+        return dg.MaterializeResult(
+            metadata={
+                "collection": collection,
+                "location": qdrant.location,
+                "vector_size": dim,
+                "embed_model": model_id,
+                "upserted": totals["upserted"],
+                "payload_updated": totals["payload_updated"],
+                "deleted": totals["deleted"],
+                "unchanged": totals["unchanged"],
+                "skipped_no_embedding": totals["skipped"],
+                "points_in_collection": points,
+                "sync_seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+
+    return _qdrant_asset

@@ -1,0 +1,70 @@
+"""Batches with prefetching: load and preprocess the next batches while the model runs.
+
+Memory stays flat with folder size: at most ``prefetch + 1`` batches are in flight.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Batch(Generic[T, R]):
+    """One batch: ``items`` that loaded, their ``values`` (same order), and ``errors``
+    ``[(item, exception)]`` for items whose loader raised."""
+
+    items: list[T] = field(default_factory=list)
+    values: list[R] = field(default_factory=list)
+    errors: list[tuple[T, Exception]] = field(default_factory=list)
+
+
+def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``items`` of length ``size`` (the last may be shorter)."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def prefetch_batches(
+    items: Sequence[T],
+    load: Callable[[T], R],
+    batch_size: int,
+    workers: int | None = None,
+    prefetch: int = 2,
+) -> Iterator[Batch[T, R]]:
+    """Yield batches of ``load(item)`` results, loading up to ``prefetch`` batches ahead in a
+    thread pool of ``workers`` threads (default: one per core).
+
+    A loader exception is reported in ``Batch.errors`` and never stops the other items.
+    """
+    batches = chunked(items, batch_size)
+    with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:
+        pending: deque[tuple[Sequence[T], list[Future[R]]]] = deque()
+
+        def submit_next() -> None:
+            chunk = next(batches, None)
+            if chunk is not None:
+                pending.append((chunk, [pool.submit(load, item) for item in chunk]))
+
+        for _ in range(prefetch + 1):
+            submit_next()
+        while pending:
+            chunk, futures = pending.popleft()
+            submit_next()
+            batch: Batch[T, R] = Batch()
+            for item, future in zip(chunk, futures, strict=True):
+                try:
+                    batch.values.append(future.result())
+                    batch.items.append(item)
+                except Exception as exc:
+                    batch.errors.append((item, exc))
+            yield batch

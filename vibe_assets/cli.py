@@ -1,0 +1,170 @@
+"""``vibe-assets``: ingest a photo folder, search it, manage folders.
+
+Runs go through the persistent Dagster instance (``$DAGSTER_HOME``, default
+``$VIBE_HOME/dagster``), so they show in ``dagster dev -w workspace.yaml``. Progress logs go to
+stderr; summaries (and ``--json`` output) to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from vibe_assets.partitions import PARTITIONS_NAME, FolderError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _register(path: str) -> tuple[Any, Any]:
+    """Register ``path`` in the folder registry and as a dynamic partition."""
+    from vibe_assets.instance import get_instance
+    from vibe_assets.resources.store import StoreResource
+
+    try:
+        folder = StoreResource.from_env().registry.add(path)
+    except FolderError as exc:
+        _fail(str(exc))
+    instance = get_instance()
+    if not instance.has_dynamic_partition(PARTITIONS_NAME, folder.key):
+        instance.add_dynamic_partitions(PARTITIONS_NAME, [folder.key])
+    return folder, instance
+
+
+@click.group()
+def main() -> None:
+    """Turn folders of photos into a searchable Qdrant collection (CLIP embeddings)."""
+
+
+@main.command()
+@click.argument("path", type=click.Path(file_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="Only warnings and errors on stderr, no progress.")
+def ingest(path: str, as_json: bool, quiet: bool) -> None:
+    """Register PATH and ingest it: scan, hash, decode, embed, upsert to Qdrant.
+
+    Exits 1 when the run failed, 2 on a usage error (e.g. PATH is not a directory).
+    """
+    folder, instance = _register(path)
+    from vibe_assets.definitions import INGEST_JOB, build_definitions
+    from vibe_assets.summary import format_summary, ingest_summary
+
+    job = build_definitions().resolve_job_def(INGEST_JOB)
+    level = "WARNING" if quiet else "INFO"
+    start = time.perf_counter()
+    result = job.execute_in_process(
+        partition_key=folder.key,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+    )
+    summary = ingest_summary(
+        result,
+        folder=str(folder.path),
+        partition_key=folder.key,
+        seconds=time.perf_counter() - start,
+    )
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    sys.exit(0 if result.success else 1)
+
+
+@main.command()
+@click.argument("text")
+@click.option("--limit", default=10, show_default=True, help="Number of hits.")
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
+def search(text: str, limit: int, as_json: bool) -> None:
+    """Print the images that best match TEXT: score and path."""
+    from vibe_assets.definitions import collection_name, default_resources
+
+    resources = default_resources()
+    clip, qdrant = resources["clip"], resources["qdrant"]
+    collection = collection_name()
+    with qdrant.client() as client:
+        if not client.collection_exists(collection):
+            _fail(f"collection {collection!r} does not exist yet: run `vibe-assets ingest PATH`")
+        vector = clip.encode_texts([text])[0]
+        hits = client.query_points(
+            collection, query=vector.tolist(), limit=limit, with_payload=True
+        ).points
+    rows = [
+        {
+            "score": round(float(h.score), 4),
+            "path": (h.payload or {}).get("paths", ["?"])[0],
+            "paths": (h.payload or {}).get("paths", []),
+            "sha256": (h.payload or {}).get("sha256"),
+        }
+        for h in hits
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if clip.is_random:
+        click.echo("warning: CLIP uses RANDOM WEIGHTS: scores are meaningless", err=True)
+    for row in rows:
+        more = f"  (+{len(row['paths']) - 1} copies)" if len(row["paths"]) > 1 else ""
+        click.echo(f"{row['score']:.4f}  {row['path']}{more}")
+    if not rows:
+        click.echo("no hits")
+
+
+@main.group()
+def folders() -> None:
+    """Register, list and remove photo folders (one Dagster partition each)."""
+
+
+@folders.command("add")
+@click.argument("path", type=click.Path(file_okay=False, path_type=str))
+def folders_add(path: str) -> None:
+    """Register PATH as a photo_folder partition."""
+    folder, _ = _register(path)
+    click.echo(f"{folder.key}\t{folder.path}")
+
+
+@folders.command("list")
+def folders_list() -> None:
+    """List registered folders: partition key and path."""
+    from vibe_assets.resources.store import StoreResource
+
+    for folder in StoreResource.from_env().registry.list():
+        missing = "" if folder.path.is_dir() else "\t(missing)"
+        click.echo(f"{folder.key}\t{folder.path}{missing}")
+
+
+@folders.command("remove")
+@click.argument("key_or_path")
+def folders_remove(key_or_path: str) -> None:
+    """Unregister a folder (by partition key or path) and remove its paths from the collection."""
+    from vibe_assets.definitions import collection_name, default_resources
+    from vibe_assets.instance import get_instance
+    from vibe_assets.points import sync_folder
+
+    resources = default_resources()
+    store, qdrant = resources["store"], resources["qdrant"]
+    folder = store.registry.find(key_or_path)
+    if folder is None:
+        _fail(f"no registered folder matches {key_or_path!r} (see `vibe-assets folders list`)")
+    collection = collection_name()
+    with qdrant.client() as client:
+        if client.collection_exists(collection):
+            counts = sync_folder(
+                client, collection, folder.key, str(folder.path), {}, lambda *_: None
+            )
+            click.echo(
+                f"removed {folder.key} from {collection!r}: {counts['deleted']} points deleted, "
+                f"{counts['payload_updated']} kept for copies elsewhere"
+            )
+    instance = get_instance()
+    if instance.has_dynamic_partition(PARTITIONS_NAME, folder.key):
+        instance.delete_dynamic_partition(PARTITIONS_NAME, folder.key)
+    store.registry.remove(folder.key)
+    click.echo(f"unregistered {folder.key}\t{folder.path}")
+
+
+if __name__ == "__main__":
+    main()

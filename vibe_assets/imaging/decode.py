@@ -1,0 +1,446 @@
+"""Decode a photo file ONCE into a small upright sRGB preview (see DESIGN.md, "Decode once").
+
+Every later stage (CLIP, BLIP, thumbnails) reads the preview, never the original, so the costly
+part happens once per file content:
+
+- JPEG decodes at reduced scale in the DCT domain (``Image.draft``): a 24 MP JPEG to 224 px takes
+  87 ms instead of 444 ms for a full decode (DESIGN.md measurement table).
+- RAW uses the embedded JPEG preview when it is at least ``preview_size`` long (``extract_thumb``,
+  2-16 ms for a 24 MP DNG) and otherwise LibRaw's ``postprocess(half_size=True)`` (0.25-0.93 s,
+  against 1.5-2.7 s for a full ``postprocess()``).
+
+:func:`decode_photo` raises only :class:`~vibe_assets.imaging.errors.PhotoError`; every failure
+carries an :class:`~vibe_assets.imaging.errors.ErrorCode`.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import BinaryIO
+
+import numpy as np
+import rawpy
+from PIL import Image, ImageCms, UnidentifiedImageError
+
+from vibe_assets.imaging.errors import ErrorCode, PhotoError, error_from_os_error
+from vibe_assets.imaging.formats import HEAD_BYTES, read_tiff_rasters, sniff_format
+
+PREVIEW_SIZE = 512
+"""Default long side of the preview, in pixels (CLIP/BLIP inputs are 224-384 px)."""
+
+MAX_PIXELS = 200_000_000
+"""Largest image accepted, in pixels (width x height, checked from the header before decoding).
+
+The biggest single-shot sensors sold are ~150 MP (Phase One IQ4 150: 14204 x 10652) and 102 MP
+(Fujifilm GFX100), so 200 MP admits every real camera file while bounding memory: a full 8-bit
+RGB decode of 200 MP is 600 MB, a 16-bit LibRaw buffer more. Pillow's own decompression-bomb
+limit (``2 * Image.MAX_IMAGE_PIXELS``, ~179 MP by default, left untouched) raises first for the
+formats it decodes; it maps to the same code.
+"""
+
+BLANK_MAX_VALUE = 8
+"""A RAW preview whose brightest value (0-255) is at most this is a blank frame."""
+BLANK_MIN_STD = 1.0
+"""A RAW preview whose standard deviation (0-255 scale) is below this is a blank frame."""
+
+MIN_RAW_BYTES_PER_MEGAPIXEL = 1_000
+"""Smallest plausible size of a full-resolution TIFF/DNG raster, in bytes per megapixel.
+
+Lossless-JPEG raw data costs at least 1 bit per sample (125,000 bytes/MP) and even a flat,
+lossy-compressed DNG several thousand bytes/MP. Header-only files fall far below it (the stripped
+exiftool sample: 22 bytes for 8.2 MP); LibRaw "decodes" them from whatever its buffer held, which
+in a long-lived process is leftover memory rather than black, so the blank-frame check cannot
+catch them.
+"""
+
+_PILLOW_NAMES = {
+    "jpeg": ("JPEG",),
+    "png": ("PNG",),
+    "gif": ("GIF",),
+    "webp": ("WEBP",),
+    "bmp": ("BMP",),
+    "tiff": ("TIFF",),
+    "heif": (
+        "HEIF",
+        "AVIF",
+    ),  # HEIF: pillow_heif; AVIF: Pillow's own plugin (pillow_heif 1.x has none)
+}
+# Formats without a usable magic number, tried by Pillow only when the extension names them (a
+# random binary named .jpg must not be "decoded" as TGA noise). Never EPS/PDF (Ghostscript).
+_EXTENSION_ONLY_FORMATS = frozenset({"TGA", "PPM", "PCX", "SGI", "QOI", "JPEG2000"})
+_UNSUPPORTED_HINTS = ("unsupported", "not supported", "not available", "cannot handle")
+_TRUNCATED_HINTS = ("image file is truncated", "broken data stream")
+# EXIF Orientation (tag 0x0112) -> transpose that makes the picture upright.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# LibRaw ``sizes.flip`` -> the EXIF orientation that means the same rotation.
+_LIBRAW_FLIP_ORIENTATION = {3: 3, 5: 8, 6: 6}
+
+
+@dataclass(frozen=True)
+class DecodedPhoto:
+    """A photo decoded once.
+
+    Attributes:
+        image: the preview, mode ``"RGB"`` (8 bits per channel, sRGB), upright, long side at most
+            the requested ``preview_size`` pixels and never upscaled.
+        width: the ORIGINAL image's upright full-resolution width in pixels (for RAW: LibRaw's
+            output width after its flip).
+        height: likewise, the upright full-resolution height in pixels.
+        format: the format sniffed from the content (``"jpeg"``, ``"raw"``, ...; for a file
+            decoded by extension only, Pillow's format name in lowercase, e.g. ``"tga"``).
+        decoder: the path used: ``"pillow"``, ``"pillow-draft"`` (JPEG reduced-scale decode),
+            ``"heif"`` (pillow_heif), ``"heif-thumbnail"`` (its embedded thumbnail was large
+            enough),
+            ``"raw-embedded-preview"`` or ``"raw-half-size"``.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str
+    decoder: str
+
+
+def decode_photo(path: str | os.PathLike[str], preview_size: int = PREVIEW_SIZE) -> DecodedPhoto:
+    """Decode ``path`` once into a :class:`DecodedPhoto` whose preview's long side is at most
+    ``preview_size`` pixels.
+
+    The format comes from the content (:func:`~vibe_assets.imaging.formats.sniff_format`), never
+    from the extension alone. EXIF orientation (all 8 values) is applied; alpha is flattened onto
+    white; CMYK goes through its embedded ICC profile to sRGB; 16-bit samples are scaled to 8 bits.
+
+    Raises:
+        PhotoError: ``ERR_EMPTY_FILE`` (0 bytes), ``ERR_NOT_AN_IMAGE`` (no image magic),
+            ``ERR_UNSUPPORTED_FORMAT`` (an image format or variant no installed decoder reads),
+            ``ERR_TRUNCATED_IMAGE`` (pixel data ends early), ``ERR_DECODE_IMAGE`` (corrupt, a
+            broken header included), ``ERR_DECODE_RAW`` (LibRaw fails, the raw data is missing or
+            truncated, or the frame is blank), ``ERR_IMAGE_TOO_LARGE`` (over :data:`MAX_PIXELS`),
+            or the code of :func:`~vibe_assets.imaging.errors.error_from_os_error` when the file
+            cannot be opened or read.
+    """
+    if preview_size < 1:
+        raise ValueError(f"preview_size must be >= 1, got {preview_size}")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(HEAD_BYTES)
+            if size == 0 or not head:
+                raise PhotoError(ErrorCode.ERR_EMPTY_FILE)
+            fmt = sniff_format(head, path)
+            if fmt == "raw":
+                return _decode_raw(path, size, preview_size)
+            return _decode_pillow(f, path, fmt, preview_size)
+    except OSError as exc:
+        raise error_from_os_error(exc) from exc
+
+
+def encode_preview(image: Image.Image) -> bytes:
+    """Encode a preview as JPEG (quality 90, RGB, no EXIF: it is already upright); returns bytes."""
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def encode_thumbnail(image: Image.Image, size: int = 256) -> bytes:
+    """Encode a WebP thumbnail (quality 80) whose long side is at most ``size`` pixels; bytes."""
+    thumb = image.convert("RGB")  # a copy: Image.thumbnail works in place
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    thumb.save(out, "WEBP", quality=80)
+    return out.getvalue()
+
+
+# --- Pillow formats (JPEG, PNG, GIF, WebP, BMP, TIFF, HEIF/AVIF, extension-only) ----------------
+
+
+def _decode_pillow(
+    f: BinaryIO, path: str | os.PathLike[str], fmt: str | None, preview_size: int
+) -> DecodedPhoto:
+    pillow_names = _pillow_names(fmt, path)
+    f.seek(0)
+    with _pillow_errors(fmt):
+        im = Image.open(f, formats=pillow_names)
+        width, height = im.size
+        _check_pixels(width, height, ErrorCode.ERR_DECODE_IMAGE)
+        orientation = _exif_orientation(im)
+        preview, drafted = _shrink_to_rgb(im, preview_size)
+    preview = _apply_orientation(preview, orientation)
+    if orientation >= 5:
+        width, height = height, width
+    if im.format == "HEIF":  # pillow_heif; AVIF goes through Pillow's own plugin
+        decoder = "heif-thumbnail" if drafted else "heif"
+    else:
+        decoder = "pillow-draft" if drafted else "pillow"
+    return DecodedPhoto(preview, width, height, fmt or str(im.format).lower(), decoder)
+
+
+def _pillow_names(fmt: str | None, path: str | os.PathLike[str]) -> list[str]:
+    """Pillow plugin names allowed to open a file of sniffed format ``fmt``."""
+    Image.init()
+    if fmt is None:
+        by_extension = Image.registered_extensions().get(PurePath(path).suffix.lower())
+        if by_extension not in _EXTENSION_ONLY_FORMATS:
+            raise PhotoError(ErrorCode.ERR_NOT_AN_IMAGE)
+        return [by_extension]
+    if fmt == "heif":
+        _register_heif_opener()
+    names = [name for name in _PILLOW_NAMES[fmt] if name in Image.OPEN]
+    if not names:
+        raise PhotoError(ErrorCode.ERR_UNSUPPORTED_FORMAT, f"no {fmt} decoder is installed")
+    return names
+
+
+@functools.cache
+def _register_heif_opener() -> None:
+    """Teach Pillow to open HEIC/HEIF (pillow_heif); once, on first use, not at import."""
+    try:
+        import pillow_heif
+    except ImportError:  # then "HEIF" stays absent from Image.OPEN: ERR_UNSUPPORTED_FORMAT
+        return
+    pillow_heif.register_heif_opener()
+
+
+@contextmanager
+def _pillow_errors(fmt: str | None) -> Iterator[None]:
+    """Map any exception of Pillow (or its plugins) to a :class:`PhotoError`.
+
+    A header that cannot be read ("Truncated File Read" in the EXIF segment, as in the
+    corrupt-header sample) is ``ERR_DECODE_IMAGE``; only pixel data that ends early ("image file
+    is truncated") is ``ERR_TRUNCATED_IMAGE``.
+    """
+    try:
+        yield
+    except PhotoError:
+        raise
+    except (Image.DecompressionBombError, MemoryError) as exc:
+        raise PhotoError(ErrorCode.ERR_IMAGE_TOO_LARGE, str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        # TIFF and HEIF are containers with variants Pillow/libheif do not read; the others are
+        # fully supported, so failing to identify them means corruption.
+        code = (
+            ErrorCode.ERR_UNSUPPORTED_FORMAT
+            if fmt in ("tiff", "heif")
+            else ErrorCode.ERR_DECODE_IMAGE
+        )
+        raise PhotoError(code, f"cannot read this {fmt} file") from exc
+    except OSError as exc:
+        if exc.errno is not None:  # a real I/O error while Pillow was reading
+            raise error_from_os_error(exc) from exc
+        raise _classify(exc) from exc
+    except Exception as exc:  # SyntaxError, ValueError, struct.error, libheif errors, ...
+        raise _classify(exc) from exc
+
+
+def _classify(exc: Exception) -> PhotoError:
+    message = str(exc)
+    lowered = message.lower()
+    if any(hint in lowered for hint in _TRUNCATED_HINTS):
+        return PhotoError(ErrorCode.ERR_TRUNCATED_IMAGE, message)
+    if any(hint in lowered for hint in _UNSUPPORTED_HINTS):
+        return PhotoError(ErrorCode.ERR_UNSUPPORTED_FORMAT, message)
+    return PhotoError(ErrorCode.ERR_DECODE_IMAGE, message or type(exc).__name__)
+
+
+def _shrink_to_rgb(im: Image.Image, preview_size: int) -> tuple[Image.Image, bool]:
+    """Decode ``im`` (reduced-scale where the plugin can) into an RGB image that fits
+    ``preview_size``; returns it and whether ``draft`` reduced the decode."""
+    full_size = im.size
+    target = _fit(full_size, preview_size)
+    box = None
+    if target != full_size:
+        # Proportional request, long side = preview_size: JPEG picks the largest DCT scale
+        # (1/2, 1/4, 1/8) whose result still covers it; HEIF picks a large enough thumbnail.
+        drafted = im.draft("RGB", target)
+        if drafted is not None:
+            box = drafted[1]
+    reduced = im.size != full_size
+    rgb = _to_rgb(im)
+    if rgb.size != target:
+        rgb = rgb.resize(target, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    elif rgb is im:
+        rgb = im.copy()  # a plain in-memory Image, detached from the file and its plugin
+    return rgb, reduced
+
+
+def _fit(size: tuple[int, int], preview_size: int) -> tuple[int, int]:
+    """Size (pixels) with the same aspect and long side ``preview_size``; never larger than
+    ``size``."""
+    width, height = size
+    long_side = max(width, height)
+    if long_side <= preview_size:
+        return size
+    scale = preview_size / long_side
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit sRGB ``"RGB"``."""
+    im.load()  # decode now, while the file is open (and inside the caller's error mapping)
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im)
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(im))).convert("RGB")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat.alpha_composite(rgba)
+        return flat.convert("RGB")
+    return im.convert("RGB")  # 1, L, P, YCbCr, RGBX, HSV, ...
+
+
+def _to_uint8(samples: np.ndarray) -> np.ndarray:
+    """Scale single-channel integer (16-bit, 0-65535) or float (0-1) samples to uint8 0-255."""
+    if samples.dtype.kind == "f":
+        values = np.nan_to_num(samples.astype(np.float64))
+        peak = values.max(initial=0.0)
+        values = values / peak if peak > 1.0 else values
+        return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+    values = np.clip(samples.astype(np.int64), 0, 65535)
+    return ((values * 255 + 32767) // 65535).astype(np.uint8)
+
+
+@functools.cache
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    """CMYK -> sRGB through the embedded ICC profile; naive conversion without one (or when the
+    profile is unusable)."""
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            converted = ImageCms.profileToProfile(im, source, _srgb_profile(), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            converted = None
+        if converted is not None:
+            return converted
+    return im.convert("RGB")
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """EXIF Orientation (1-8); 1 when absent, invalid or the EXIF block is unreadable."""
+    try:
+        value = im.getexif().get(0x0112)
+    except Exception:  # corrupt EXIF must not fail a decodable picture
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return image if method is None else image.transpose(method)
+
+
+def _check_pixels(width: int, height: int, code: ErrorCode) -> None:
+    """Header sanity: positive dimensions (else ``code``) and at most :data:`MAX_PIXELS`."""
+    if width <= 0 or height <= 0:
+        raise PhotoError(code, f"invalid dimensions {width}x{height}")
+    if width * height > MAX_PIXELS:
+        raise PhotoError(
+            ErrorCode.ERR_IMAGE_TOO_LARGE,
+            f"{width}x{height} = {width * height / 1e6:.0f} MP > {MAX_PIXELS / 1e6:.0f} MP",
+        )
+
+
+# --- camera RAW (rawpy / LibRaw) -----------------------------------------------------------------
+
+
+def _decode_raw(path: str | os.PathLike[str], size: int, preview_size: int) -> DecodedPhoto:
+    _check_raw_data_present(path, size)
+    try:
+        with rawpy.imread(os.fspath(path)) as raw:
+            sizes = raw.sizes
+            width, height = sizes.width, sizes.height
+            if sizes.flip in (5, 6):
+                width, height = height, width
+            _check_pixels(width, height, ErrorCode.ERR_DECODE_RAW)
+            preview = _raw_embedded_preview(raw, preview_size)
+            decoder = "raw-embedded-preview"
+            if preview is None:
+                # LibRaw applies sizes.flip itself; 8-bit sRGB output, camera white balance.
+                pixels = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
+                preview, _ = _shrink_to_rgb(Image.fromarray(pixels), preview_size)
+                decoder = "raw-half-size"
+    except PhotoError:
+        raise
+    except MemoryError as exc:
+        raise PhotoError(ErrorCode.ERR_IMAGE_TOO_LARGE, "out of memory") from exc
+    except Exception as exc:  # rawpy.LibRawError and its subclasses, ValueError, ...
+        raise PhotoError(ErrorCode.ERR_DECODE_RAW, str(exc) or type(exc).__name__) from exc
+    _check_not_blank(preview)
+    return DecodedPhoto(preview, width, height, "raw", decoder)
+
+
+def _check_raw_data_present(path: str | os.PathLike[str], size: int) -> None:
+    """Reject TIFF-based RAWs whose raster data lies past the end of the file (a truncated copy)
+    or is far too small for its pixel count (header-only, see
+    :data:`MIN_RAW_BYTES_PER_MEGAPIXEL`). Other RAW containers pass unchecked."""
+    for raster in read_tiff_rasters(path):
+        if raster.data_end > size:
+            raise PhotoError(
+                ErrorCode.ERR_DECODE_RAW,
+                f"image data runs to byte {raster.data_end} but the file has {size} bytes",
+            )
+        pixels = raster.width * raster.height
+        if (
+            raster.subfile_type == 0
+            and raster.data_bytes is not None
+            and raster.data_bytes * 1_000_000 < pixels * MIN_RAW_BYTES_PER_MEGAPIXEL
+        ):
+            raise PhotoError(
+                ErrorCode.ERR_DECODE_RAW,
+                f"raw data is {raster.data_bytes} bytes for {raster.width}x{raster.height} "
+                "pixels (header-only file)",
+            )
+
+
+def _raw_embedded_preview(raw: rawpy.RawPy, preview_size: int) -> Image.Image | None:
+    """The camera's embedded preview as an upright RGB image fitting ``preview_size``, or
+    ``None`` when there is none, it is shorter than ``preview_size`` or it does not decode."""
+    try:
+        thumb = raw.extract_thumb()
+    except rawpy.LibRawError:  # no thumbnail, unsupported thumbnail format, unreadable
+        return None
+    orientation = _LIBRAW_FLIP_ORIENTATION.get(raw.sizes.flip, 1)
+    try:
+        if thumb.format == rawpy.ThumbFormat.JPEG:
+            im = Image.open(io.BytesIO(thumb.data), formats=["JPEG"])
+            if max(im.size) < preview_size:
+                return None
+            # The thumbnail's own EXIF orientation, when it has one, wins over LibRaw's flip.
+            own = _exif_orientation(im)
+            orientation = own if own != 1 else orientation
+        else:  # rawpy.ThumbFormat.BITMAP: uint8 array (height, width, 3)
+            im = Image.fromarray(np.ascontiguousarray(thumb.data, dtype=np.uint8))
+            if max(im.size) < preview_size:
+                return None
+        preview, _ = _shrink_to_rgb(im, preview_size)
+    except Exception:  # a broken preview is no reason to fail: decode the raw data instead
+        return None
+    return _apply_orientation(preview, orientation)
+
+
+def _check_not_blank(preview: Image.Image) -> None:
+    """LibRaw decodes some broken files to a uniform frame without raising: reject those."""
+    samples = np.asarray(preview)
+    if samples.max() <= BLANK_MAX_VALUE or samples.std() < BLANK_MIN_STD:
+        raise PhotoError(ErrorCode.ERR_DECODE_RAW, "decoded to a blank frame")

@@ -1,0 +1,38 @@
+"""The persistent Dagster instance the CLI records its runs in (``$DAGSTER_HOME``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from vibe_assets.settings import dagster_home
+
+# Same text as the repository's top-level dagster.yaml (a test keeps them equal), so an installed
+# package that has no repository checkout beside it still writes it.
+INSTANCE_YAML = """\
+# Dagster instance settings for vibe_assets.
+# `vibe-assets` copies this file into $DAGSTER_HOME (default ~/.vibe_assets/dagster) when that
+# folder has no dagster.yaml yet; `dagster dev -w workspace.yaml` reads it from $DAGSTER_HOME.
+telemetry:
+  enabled: false
+"""
+
+
+def ensure_dagster_home() -> Path:
+    """Create ``$DAGSTER_HOME`` (default ``$VIBE_HOME/dagster``) with a ``dagster.yaml`` if it has
+    none, export ``DAGSTER_HOME`` for this process, and return it."""
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def get_instance() -> dg.DagsterInstance:
+    """The persistent instance at :func:`ensure_dagster_home` (runs show in ``dagster dev``)."""
+    ensure_dagster_home()
+    return dg.DagsterInstance.get()

@@ -1,0 +1,176 @@
+"""Folder partitions: one Dagster dynamic partition per registered photo folder.
+
+A partition key is a slug of the folder's name plus a short hash of its absolute path, so it only
+contains ``[a-z0-9_-]`` (``/ , | [ ]`` and spaces break Dagster's UI, backfills and IO managers) and
+two folders with the same name never collide. The key -> absolute path mapping lives in a small
+SQLite registry under ``VIBE_HOME``; per-file state lives in our own store, never in Dagster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from vibe_assets.settings import env_int
+
+PARTITIONS_NAME = "photo_folder"
+
+photo_folder_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
+
+_KEY_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+_SLUG_MAX = 40
+_HASH_CHARS = 10  # 40 bits of SHA-1: collisions need ~1M folders with the same slug.
+
+
+class FolderError(ValueError):
+    """A folder cannot be registered or looked up (message says why)."""
+
+
+def folder_key(path: str | Path) -> str:
+    """Partition key of a folder: ``<slug of its name>-<10 hex chars of SHA-1 of its abs path>``.
+
+    Only ``[a-z0-9_-]``, at most 51 characters. Deterministic for a given absolute path.
+    """
+    abs_path = str(Path(path).expanduser().resolve())
+    slug = re.sub(r"[^a-z0-9]+", "_", Path(abs_path).name.lower()).strip("_")[:_SLUG_MAX]
+    digest = hashlib.sha1(abs_path.encode("utf-8", "surrogateescape")).hexdigest()[:_HASH_CHARS]
+    return f"{slug or 'folder'}-{digest}"
+
+
+def is_valid_key(key: str) -> bool:
+    """True when ``key`` has the shape :func:`folder_key` produces (``[a-z0-9_-]``, <= 64)."""
+    return bool(_KEY_RE.match(key))
+
+
+def resolve_folder(path: str | Path) -> Path:
+    """Absolute, symlink-free path of an existing directory.
+
+    Raises:
+        FolderError: the path does not exist or is not a directory.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FolderError(f"folder does not exist: {p}")
+    if not p.is_dir():
+        raise FolderError(f"not a directory: {p}")
+    return p.resolve()
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A registered folder: partition ``key``, absolute ``path``, ``added_at`` (Unix seconds)."""
+
+    key: str
+    path: Path
+    added_at: float
+
+
+class FolderRegistry:
+    """SQLite map of partition key -> absolute folder path (``VIBE_HOME/registry.sqlite3``).
+
+    All SQL is parameterized. Safe to use from several processes (SQLite locking, short
+    transactions).
+    """
+
+    def __init__(self, db_path: str | Path) -> None:
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS folders ("
+                " key TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE, added_at REAL NOT NULL)"
+            )
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def add(self, path: str | Path) -> Folder:
+        """Register an existing directory (idempotent) and return it.
+
+        Raises:
+            FolderError: the path does not exist or is not a directory.
+        """
+        abs_path = resolve_folder(path)
+        key = folder_key(abs_path)
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO folders (key, path, added_at) VALUES (?, ?, ?)",
+                (key, str(abs_path), now),
+            )
+        found = self.get(key)
+        assert found is not None
+        return found
+
+    def get(self, key: str) -> Folder | None:
+        """The folder registered under ``key``, or None."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT key, path, added_at FROM folders WHERE key = ?", (key,)
+            ).fetchone()
+        return Folder(row[0], Path(row[1]), row[2]) if row else None
+
+    def path_for(self, key: str) -> Path:
+        """Absolute path registered under ``key``.
+
+        Raises:
+            FolderError: no folder is registered under that key.
+        """
+        folder = self.get(key)
+        if folder is None:
+            raise FolderError(
+                f"no folder is registered for partition {key!r}; add it with "
+                "`vibe-assets folders add PATH`"
+            )
+        return folder.path
+
+    def find(self, key_or_path: str | Path) -> Folder | None:
+        """Look a folder up by partition key or by path (resolved)."""
+        if isinstance(key_or_path, str) and is_valid_key(key_or_path):
+            found = self.get(key_or_path)
+            if found is not None:
+                return found
+        with contextlib.suppress(OSError):
+            return self.get(folder_key(Path(key_or_path)))
+        return None
+
+    def remove(self, key: str) -> bool:
+        """Unregister ``key``; True when it was registered."""
+        with self._connect() as db:
+            cur = db.execute("DELETE FROM folders WHERE key = ?", (key,))
+        return cur.rowcount > 0
+
+    def list(self) -> list[Folder]:
+        """All registered folders, oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT key, path, added_at FROM folders ORDER BY added_at"
+            ).fetchall()
+        return [Folder(k, Path(p), a) for k, p, a in rows]
+
+
+def backfill_policy(max_partitions_per_run: int = 32) -> dg.BackfillPolicy:
+    """Backfill policy shared by every asset of the ingest job.
+
+    ``multi_run(N)``: a backfill of F folders runs as ceil(F / N) runs, each loading the models
+    once and working through ``context.partition_keys``. All assets of one job must share it, or
+    Dagster falls back to one partition per run.
+    """
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run)
+
+
+BACKFILL_POLICY = backfill_policy(env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32))

@@ -1,0 +1,7 @@
+"""Dagster resources: CLIP model, Qdrant connection, content-addressed store."""
+
+from vibe_assets.resources.clip import ClipResource
+from vibe_assets.resources.qdrant import QdrantResource
+from vibe_assets.resources.store import StoreResource
+
+__all__ = ["ClipResource", "QdrantResource", "StoreResource"]

@@ -1,0 +1,229 @@
+"""CLIP image/text embeddings through open_clip, loaded lazily once per run.
+
+Weights come from open_clip's normal loading: a pretrained tag (``laion2b_s34b_b79k``, fetched from
+the hub and cached by open_clip), or a local checkpoint file. Random weights are used only when
+explicitly asked (``weights="random"``, e.g. ``VIBE_CLIP_WEIGHTS=random`` for benchmarks or an
+offline demo), with a loud warning; never as a silent fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+from pydantic import PrivateAttr
+
+from vibe_assets.settings import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS = "random"
+RANDOM_SEED = 0  # random weights are seeded so that ingest and search agree within one machine.
+
+
+class ClipWeightsError(RuntimeError):
+    """The configured CLIP weights cannot be loaded (message names the setting to change)."""
+
+
+@dataclass
+class LoadedClip:
+    """A loaded open_clip model: ``model`` (eval mode), ``preprocess`` (PIL -> (3, S, S) float32
+    tensor), ``tokenizer``, ``device`` (torch device string), ``load_seconds``."""
+
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: str
+    load_seconds: float
+
+
+def pick_device(requested: str = "auto") -> str:
+    """``"cuda"`` if available, else ``"mps"`` if available, else ``"cpu"``; or ``requested``."""
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ClipResource(dg.ConfigurableResource):
+    """open_clip model for image and text embeddings.
+
+    Attributes:
+        model_name: open_clip architecture name (``open_clip.list_models()``), default ViT-B-32.
+        weights: a pretrained tag for that architecture (default ``laion2b_s34b_b79k``), a path to
+            a local checkpoint file, or ``"random"`` (explicit opt-in, warns loudly).
+        batch_size: images per forward pass.
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``.
+
+    The model is loaded on the first call of :meth:`load` (never at import, never when there is
+    nothing to embed) and kept for the rest of the run.
+    """
+
+    model_name: str = DEFAULT_CLIP_MODEL
+    weights: str = DEFAULT_CLIP_WEIGHTS
+    batch_size: int = 32
+    device: str = "auto"
+
+    _loaded: LoadedClip | None = PrivateAttr(default=None)
+    _model_id: str | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def is_random(self) -> bool:
+        """True when random weights were explicitly requested."""
+        return self.weights.strip().lower() == RANDOM_WEIGHTS
+
+    def _checkpoint_path(self) -> Path | None:
+        if self.is_random:
+            return None
+        import open_clip
+
+        if self.weights in open_clip.list_pretrained_tags_by_model(self.model_name):
+            return None
+        p = Path(self.weights).expanduser()
+        looks_like_path = p.suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in self.weights
+        if p.exists() or looks_like_path:
+            if not p.is_file():
+                raise ClipWeightsError(
+                    f"CLIP checkpoint {str(p)!r} does not exist; set VIBE_CLIP_WEIGHTS to a "
+                    f"pretrained tag (e.g. {DEFAULT_CLIP_WEIGHTS}), a checkpoint file, or 'random'"
+                )
+            return p.resolve()
+        return None
+
+    @property
+    def model_id(self) -> str:
+        """Stable id of (architecture, weights), e.g. ``ViT-B-32/laion2b_s34b_b79k``.
+
+        Embeddings are stored under it. A local checkpoint is identified by the first 16 hex
+        chars of its SHA-256 (computed once per process), so a changed file is a new model.
+        """
+        if self._model_id is None:
+            ckpt = self._checkpoint_path()
+            if ckpt is not None:
+                tag = f"ckpt-{_file_sha256(ckpt)[:16]}"
+            elif self.is_random:
+                tag = f"random-seed{RANDOM_SEED}"
+            else:
+                tag = self.weights
+            self._model_id = f"{self.model_name}/{tag}"
+        return self._model_id
+
+    def embedding_dim(self) -> int:
+        """Embedding size D of the architecture, from its open_clip config (no weights loaded).
+
+        Raises:
+            ClipWeightsError: unknown architecture name.
+        """
+        import open_clip
+
+        cfg = open_clip.get_model_config(self.model_name)
+        if cfg is None:
+            raise ClipWeightsError(
+                f"unknown open_clip model {self.model_name!r} (set VIBE_CLIP_MODEL to one of "
+                "open_clip.list_models())"
+            )
+        return int(cfg["embed_dim"])
+
+    @property
+    def loaded(self) -> bool:
+        """True once the model is in memory."""
+        return self._loaded is not None
+
+    def load(self) -> LoadedClip:
+        """Load the model once (thread-safe) and return it.
+
+        Raises:
+            ClipWeightsError: weights cannot be fetched or read; the message names
+                ``VIBE_CLIP_WEIGHTS``.
+        """
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._load()
+            return self._loaded
+
+    def _load(self) -> LoadedClip:
+        import open_clip
+        import torch
+
+        start = time.perf_counter()
+        device = pick_device(self.device)
+        ckpt = self._checkpoint_path()
+        pretrained: str | None = str(ckpt) if ckpt else (None if self.is_random else self.weights)
+        if self.is_random:
+            msg = (
+                f"CLIP model {self.model_name} is using RANDOM WEIGHTS (VIBE_CLIP_WEIGHTS=random): "
+                "embeddings are meaningless for search; use only for benchmarks and offline demos"
+            )
+            warnings.warn(msg, stacklevel=2)
+            log.warning(msg)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_SEED)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    self.model_name,
+                    pretrained=pretrained,
+                    device=device,
+                    load_weights=not self.is_random,
+                    pretrained_text=False,
+                    weights_only=True,
+                )
+        except Exception as exc:
+            raise ClipWeightsError(
+                f"cannot load CLIP weights {self.weights!r} for {self.model_name}: {exc}. "
+                "Without internet access, set VIBE_CLIP_WEIGHTS to a local checkpoint file "
+                "(or to 'random' for a benchmark/demo only)."
+            ) from exc
+        model.eval()
+        tokenizer = open_clip.get_tokenizer(self.model_name)
+        seconds = time.perf_counter() - start
+        log.info("loaded CLIP %s on %s in %.1f s", self.model_id, device, seconds)
+        return LoadedClip(model, preprocess, tokenizer, device, seconds)
+
+    def encode_images(self, batch: Any) -> np.ndarray:
+        """Embed a preprocessed batch.
+
+        Args:
+            batch: ``(N, 3, S, S) float32`` torch tensor from ``load().preprocess``.
+
+        Returns:
+            ``(N, D) float32`` numpy array, L2-normalised rows.
+        """
+        import torch
+
+        clip = self.load()
+        with torch.inference_mode():
+            feats = clip.model.encode_image(batch.to(clip.device, non_blocking=True))
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Embed text queries: ``(len(texts), D) float32``, L2-normalised rows."""
+        import torch
+
+        clip = self.load()
+        with torch.inference_mode():
+            tokens = clip.tokenizer(texts).to(clip.device)
+            feats = torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+        return feats.cpu().numpy().astype(np.float32, copy=False)

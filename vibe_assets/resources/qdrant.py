@@ -1,0 +1,122 @@
+"""Qdrant connection: embedded local mode by default, a real server when ``url`` is set.
+
+Embedded mode (``QdrantClient(path=VIBE_HOME/qdrant)``) is single-process: only one client may
+open the folder at a time, so steps open the client, do their work and close it
+(:meth:`QdrantResource.client` is a context manager). A server is reached through ``url`` (e.g.
+``QDRANT_URL=http://localhost:6333`` from docker-compose) and ``api_key`` given as
+``dg.EnvVar("QDRANT_API_KEY")``, which is never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+from qdrant_client import QdrantClient, models
+
+from vibe_assets.settings import vibe_home
+
+# Fixed namespace for point ids: id = UUID5(namespace, sha256 hex). Changing it would orphan
+# every existing point, so it is a constant, not configuration.
+POINT_NAMESPACE = uuid.UUID("6f6b1c1e-3c1a-5b0e-9d55-76a1b0e5a7c1")
+
+# Payload fields filtered on; indexed when the collection is created on a server (local mode
+# ignores payload indexes).
+INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
+    "sha256": models.PayloadSchemaType.KEYWORD,
+    "folder_keys": models.PayloadSchemaType.KEYWORD,
+    "format": models.PayloadSchemaType.KEYWORD,
+    "embed_model": models.PayloadSchemaType.KEYWORD,
+}
+
+
+class CollectionMismatchError(RuntimeError):
+    """An existing collection has another vector size or distance than the configured model."""
+
+
+def point_id(sha256: str) -> str:
+    """Qdrant point id of an image: UUID5 of its SHA-256 hex digest (idempotent upserts)."""
+    return str(uuid.uuid5(POINT_NAMESPACE, sha256))
+
+
+class QdrantResource(dg.ConfigurableResource):
+    """Where the vectors live.
+
+    Attributes:
+        path: embedded storage folder (default ``VIBE_HOME/qdrant``); used when ``url`` is unset.
+        url: Qdrant server URL (``http://`` or ``https://``, TLS for the latter); None = embedded.
+        api_key: server API key; pass ``dg.EnvVar("QDRANT_API_KEY")``, never a literal.
+        timeout: server request timeout in seconds.
+    """
+
+    path: str | None = None
+    url: str | None = None
+    api_key: str | None = None
+    timeout: int = 30
+
+    @property
+    def is_embedded(self) -> bool:
+        """True for the embedded (local mode) store."""
+        return not self.url
+
+    @property
+    def location(self) -> str:
+        """Human description of where the vectors are (no secrets)."""
+        return self.url if self.url else f"embedded:{self._path()}"
+
+    def _path(self) -> Path:
+        return Path(self.path).expanduser() if self.path else vibe_home() / "qdrant"
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[QdrantClient]:
+        """Open a client for the duration of a ``with`` block, then close it.
+
+        Raises:
+            RuntimeError: (from qdrant-client) the embedded folder is open in another process.
+        """
+        if self.url:
+            client = QdrantClient(url=self.url, api_key=self.api_key, timeout=self.timeout)
+        else:
+            path = self._path()
+            path.mkdir(parents=True, exist_ok=True)
+            client = QdrantClient(path=str(path))
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def ensure_collection(
+        self,
+        client: QdrantClient,
+        name: str,
+        size: int,
+        distance: models.Distance = models.Distance.COSINE,
+    ) -> bool:
+        """Create collection ``name`` for ``size``-dim vectors if missing; True when created.
+
+        Raises:
+            CollectionMismatchError: it exists with another vector size or distance.
+        """
+        if client.collection_exists(name):
+            params = client.get_collection(name).config.params.vectors
+            if not isinstance(params, models.VectorParams):
+                raise CollectionMismatchError(
+                    f"collection {name!r} uses named vectors; vibe_assets expects one vector"
+                )
+            if params.size != size or params.distance != distance:
+                raise CollectionMismatchError(
+                    f"collection {name!r} holds {params.size}-d {params.distance.value} vectors, "
+                    f"but the configured model makes {size}-d {distance.value} vectors; use "
+                    "another collection name or delete this one (`vibe-assets collections delete`)"
+                )
+            return False
+        client.create_collection(
+            name, vectors_config=models.VectorParams(size=size, distance=distance)
+        )
+        if not self.is_embedded:
+            for field, schema in INDEXED_FIELDS.items():
+                client.create_payload_index(name, field_name=field, field_schema=schema)
+        return True

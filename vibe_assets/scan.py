@@ -1,0 +1,102 @@
+"""Recursive scan of a photo folder: which files are candidate images, with their stat.
+
+Hidden files and folders (name starting with ``.``) are skipped. Symbolic links are never followed
+(neither files nor folders), so a scan never reads outside its folder. Format comes from the
+content (first bytes), not the extension; a file with an image extension whose content is not an
+image is still listed, so that it is reported with an error code instead of vanishing silently.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vibe_assets.imaging.errors import PhotoError, error_from_os_error
+from vibe_assets.imaging.formats import is_candidate, read_head, sniff_format
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """One candidate image: absolute ``path``, ``size`` (bytes), ``mtime_ns``, ``inode``,
+    sniffed ``format`` (None when the content is not a recognised image)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    format: str | None
+
+
+@dataclass
+class ScanResult:
+    """Result of :func:`scan_folder`: candidate ``files``, per-path ``failures``
+    (``{"path", "code", "message"}``) and counts of skipped entries."""
+
+    files: list[ScannedFile] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    skipped_hidden: int = 0
+    skipped_symlinks: int = 0
+    skipped_other: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (stored per folder by ``photo_files``)."""
+        return {
+            "files": [asdict(f) for f in self.files],
+            "failures": self.failures,
+            "skipped_hidden": self.skipped_hidden,
+            "skipped_symlinks": self.skipped_symlinks,
+            "skipped_other": self.skipped_other,
+        }
+
+
+def _failure(path: str | Path, err: PhotoError) -> dict[str, str]:
+    return {"path": str(path), **err.to_dict()}
+
+
+def scan_folder(root: str | Path) -> ScanResult:
+    """Walk ``root`` recursively with ``os.scandir`` and list candidate image files.
+
+    Unreadable folders/files are recorded as failures (``ERR_PERMISSION_DENIED``,
+    ``ERR_FILE_VANISHED``, ...), never raised. A vanished ``root`` gives an empty result with one
+    ``ERR_FILE_VANISHED`` failure, so downstream assets remove its points.
+
+    Returns:
+        ScanResult with files sorted by path.
+    """
+    result = ScanResult()
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            result.failures.append(_failure(folder, error_from_os_error(exc)))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                result.skipped_hidden += 1
+                continue
+            try:
+                if entry.is_symlink():
+                    result.skipped_symlinks += 1
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    result.skipped_other += 1
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                head = read_head(entry.path)
+            except OSError as exc:
+                result.failures.append(_failure(entry.path, error_from_os_error(exc)))
+                continue
+            fmt = sniff_format(head, entry.path)
+            if not is_candidate(entry.name, head, fmt):
+                result.skipped_other += 1
+                continue
+            result.files.append(ScannedFile(entry.path, st.st_size, st.st_mtime_ns, st.st_ino, fmt))
+    result.files.sort(key=lambda f: f.path)
+    return result

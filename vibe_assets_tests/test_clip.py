@@ -1,0 +1,68 @@
+"""CLIP weights: a checkpoint loads through open_clip's real path; no silent random fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vibe_assets.resources.clip import ClipResource, ClipWeightsError
+from vibe_assets_tests.conftest import TINY_CLIP
+
+
+def test_checkpoint_weights_are_loaded(tiny_clip_checkpoint: Path) -> None:
+    clip = ClipResource(model_name=TINY_CLIP, weights=str(tiny_clip_checkpoint))
+    saved = torch.load(tiny_clip_checkpoint, weights_only=True)["state_dict"]
+    loaded = clip.load().model.state_dict()
+    for name in ("visual.conv1.weight", "token_embedding.weight", "visual.proj"):
+        torch.testing.assert_close(loaded[name], saved[name])
+    assert clip.model_id.startswith(f"{TINY_CLIP}/ckpt-")
+    assert clip.embedding_dim() == 32
+
+    image = clip.load().preprocess(Image.new("RGB", (100, 80), (200, 30, 30)))
+    vectors = clip.encode_images(torch.stack([image, image]))
+    assert vectors.shape == (2, 32) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    texts = clip.encode_texts(["a red square", "a dog"])
+    assert texts.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, rtol=1e-5)
+
+
+def test_changed_checkpoint_is_another_model(tiny_clip_checkpoint: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.pt"
+    state = torch.load(tiny_clip_checkpoint, weights_only=True)
+    state["state_dict"]["visual.proj"] += 1.0
+    torch.save(state, other)
+    a = ClipResource(model_name=TINY_CLIP, weights=str(tiny_clip_checkpoint)).model_id
+    b = ClipResource(model_name=TINY_CLIP, weights=str(other)).model_id
+    assert a != b
+
+
+def test_missing_checkpoint_names_the_setting(tiny_clip_checkpoint: Path) -> None:
+    clip = ClipResource(model_name=TINY_CLIP, weights="/nonexistent/clip.pt")
+    with pytest.raises(ClipWeightsError, match="VIBE_CLIP_WEIGHTS"):
+        clip.load()
+
+
+def test_unknown_pretrained_tag_fails_and_never_falls_back(tiny_clip_checkpoint: Path) -> None:
+    clip = ClipResource(model_name="ViT-B-32", weights="no_such_weights")
+    with pytest.raises(ClipWeightsError, match="VIBE_CLIP_WEIGHTS"):
+        clip.load()
+    assert not clip.loaded
+
+
+def test_random_weights_only_when_asked_and_loud(tiny_clip_checkpoint: Path) -> None:
+    clip = ClipResource(model_name=TINY_CLIP, weights="random")
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        clip.load()
+    assert clip.model_id == f"{TINY_CLIP}/random-seed0"
+    # Seeded: two loads agree, so ingest and search use the same random model.
+    again = ClipResource(model_name=TINY_CLIP, weights="random")
+    with pytest.warns(UserWarning):
+        torch.testing.assert_close(
+            again.load().model.state_dict()["visual.proj"],
+            clip.load().model.state_dict()["visual.proj"],
+        )
