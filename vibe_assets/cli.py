@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from typing import Any
 
 import click
+import dagster as dg
 
 from vibe_assets.partitions import PARTITIONS_NAME, FolderError
 
@@ -40,38 +42,47 @@ def _register(path: str) -> tuple[Any, Any]:
 @click.group()
 def main() -> None:
     """Turn folders of photos into a searchable Qdrant collection (CLIP embeddings)."""
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta
 
 
 @main.command()
-@click.argument("path", type=click.Path(file_okay=False, path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="Only warnings and errors on stderr, no progress.")
-def ingest(path: str, as_json: bool, quiet: bool) -> None:
-    """Register PATH and ingest it: scan, hash, decode, embed, upsert to Qdrant.
+def ingest(paths: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+    """Register each folder in PATHS and ingest it: scan, hash, decode, embed, upsert to Qdrant.
 
-    Exits 1 when the run failed, 2 on a usage error (e.g. PATH is not a directory).
+    One Dagster run per folder. With --json, one folder prints one JSON object, several print a
+    JSON array of them. Exits 1 when a run failed, 2 on a usage error (e.g. a PATH that is not a
+    directory; nothing is ingested then).
     """
-    folder, instance = _register(path)
+    registered = [_register(path) for path in paths]
     from vibe_assets.definitions import INGEST_JOB, build_definitions
     from vibe_assets.summary import format_summary, ingest_summary
 
     job = build_definitions().resolve_job_def(INGEST_JOB)
     level = "WARNING" if quiet else "INFO"
-    start = time.perf_counter()
-    result = job.execute_in_process(
-        partition_key=folder.key,
-        instance=instance,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": level}}}},
-    )
-    summary = ingest_summary(
-        result,
-        folder=str(folder.path),
-        partition_key=folder.key,
-        seconds=time.perf_counter() - start,
-    )
-    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
-    sys.exit(0 if result.success else 1)
+    summaries = []
+    for folder, instance in registered:
+        start = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=folder.key,
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        )
+        summary = ingest_summary(
+            result,
+            folder=str(folder.path),
+            partition_key=folder.key,
+            seconds=time.perf_counter() - start,
+        )
+        summaries.append(summary)
+        if not as_json:
+            click.echo(format_summary(summary))
+    if as_json:
+        click.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+    sys.exit(0 if all(s["success"] for s in summaries) else 1)
 
 
 @main.command()

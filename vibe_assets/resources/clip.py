@@ -176,8 +176,7 @@ class ClipResource(dg.ConfigurableResource):
                 f"CLIP model {self.model_name} is using RANDOM WEIGHTS (VIBE_CLIP_WEIGHTS=random): "
                 "embeddings are meaningless for search; use only for benchmarks and offline demos"
             )
-            warnings.warn(msg, stacklevel=2)
-            log.warning(msg)
+            warnings.warn(msg, stacklevel=3)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_SEED)
