@@ -58,6 +58,7 @@ def main() -> int:
             resources={"store": store},
             partition_key=key,
             instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         decode_seconds = time.perf_counter() - t0
         clip = ClipResource(model_name=args.model, weights=args.weights, batch_size=args.batch_size)

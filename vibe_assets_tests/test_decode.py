@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import io
 import os
@@ -15,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,6 +35,7 @@ from vibe_assets.imaging.formats import (
     HEAD_BYTES,
     IMAGE_EXTENSIONS,
     is_candidate,
+    read_bmff_layout,
     read_head,
     read_tiff_rasters,
     sniff_format,
@@ -47,7 +50,8 @@ needs_samples = pytest.mark.skipif(
 EDGE_INGESTED = {
     "wrong-ext_jpeg_pp_this-is-a-jpeg.png": ("jpeg", 240, 180),
     "gif_photo_sharp_Crash_test.gif": ("gif", 800, 533),
-    "heic_pp_iphone_7.heic": ("heif", 4032, 3024),
+    # stored 4032x3024 with EXIF Orientation 6 and no irot box: upright it is a portrait
+    "heic_pp_iphone_7.heic": ("heif", 3024, 4032),
     "png_rgba_vips.png": ("png", 128, 128),
     "png_16bit_rgb_vips_sample.png": ("png", 290, 442),
     "cmyk_sharp_Channel_digital_image_CMYK_color.jpg": ("jpeg", 500, 333),
@@ -197,8 +201,21 @@ def test_16bit_rgb_sample_is_not_clipped() -> None:
 def test_heic_sample_uses_pillow_heif() -> None:
     photo = decode_photo(SAMPLES / "edge" / "heic_pp_iphone_7.heic")
     assert photo.decoder == "heif"
-    assert photo.image.size == (512, 384)
-    assert pixels(photo.image).std() > 20
+    assert photo.image.size == (384, 512)
+    # Himeji castle under a blue sky: upright, the sky (blue) is at the top
+    top, bottom = pixels(photo.image)[:100], pixels(photo.image)[-100:]
+    assert top[..., 2].mean() > top[..., 0].mean() + 30
+    assert top.mean() > bottom.mean() + 30
+
+
+@needs_samples
+def test_truncated_heic_sample(tmp_path: Path) -> None:
+    # libheif renders the missing tiles of a cut HEIC as flat green, without an error
+    data = (SAMPLES / "edge" / "heic_pp_iphone_7.heic").read_bytes()
+    for fraction in (0.003, 0.5, 0.999):
+        cut = tmp_path / f"cut{fraction}.heic"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        assert_error(cut, ErrorCode.ERR_TRUNCATED_IMAGE)
 
 
 @needs_samples
@@ -282,6 +299,7 @@ def _dng_with_orientation(source: Path, orientation: int, target: Path) -> Path:
         (6, Image.Transpose.ROTATE_270),
         (8, Image.Transpose.ROTATE_90),
     ],
+    ids=["orientation3", "orientation6", "orientation8"],
 )
 def test_raw_orientation_is_applied(
     tmp_path: Path, source: Path, orientation: int, upright: Image.Transpose
@@ -485,6 +503,19 @@ def test_unreadable_file(tmp_path: Path) -> None:
         path.chmod(0o600)
 
 
+def test_permission_error_even_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(decode_module, "open", denied, raising=False)
+    assert_error(tmp_path / "x.jpg", ErrorCode.ERR_PERMISSION_DENIED)
+
+
+def test_directory_is_a_read_failure(tmp_path: Path) -> None:
+    (tmp_path / "folder.jpg").mkdir()
+    assert_error(tmp_path / "folder.jpg", ErrorCode.ERR_READ_FAILED)
+
+
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -518,6 +549,48 @@ def test_avif_goes_through_pillow(tmp_path: Path) -> None:
     assert (photo.format, photo.width, photo.height) == ("heif", 640, 480)
     assert photo.image.size == (512, 384)
     assert np.abs(pixels(photo.image).mean(axis=(0, 1)) - [30, 160, 90]).max() < 8
+
+
+def test_heif_with_exif_orientation(tmp_path: Path) -> None:
+    stored = Image.new("RGB", (600, 400), (128, 128, 128))
+    stored.paste((255, 0, 0), (0, 0, 100, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "o6.heic"
+    pillow_heif.register_heif_opener()
+    stored.save(path, "HEIF", exif=exif, quality=90)
+    photo = decode_photo(path)
+    assert (photo.format, photo.decoder, photo.width, photo.height) == ("heif", "heif", 400, 600)
+    assert photo.image.size == (341, 512)
+    assert np.abs(corner_colour(photo.image, "TR") - [255, 0, 0]).max() < 25
+
+
+def test_truncated_heif(tmp_path: Path) -> None:
+    noise = np.random.default_rng(3).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    pillow_heif.register_heif_opener()
+    data = save(Image.fromarray(noise), tmp_path / "full.heic", "HEIF", quality=90).read_bytes()
+    assert decode_photo(tmp_path / "full.heic").image.size == (256, 256)
+    (tmp_path / "half.heic").write_bytes(data[: len(data) // 2])
+    assert_error(tmp_path / "half.heic", ErrorCode.ERR_TRUNCATED_IMAGE)
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(body)) + kind + body
+
+
+def test_bmff_layout_finds_transforms_and_truncation(tmp_path: Path) -> None:
+    ipco = _box(b"ipco", _box(b"ispe", bytes(12)) + _box(b"irot", b"\x01"))
+    meta = _box(b"meta", bytes(4) + _box(b"hdlr", bytes(24)) + _box(b"iprp", ipco))
+    ftyp = _box(b"ftyp", b"heic" + bytes(4) + b"mif1heic")
+    path = tmp_path / "x.heic"
+    path.write_bytes(ftyp + meta + _box(b"mdat", bytes(100)))
+    layout = read_bmff_layout(path)
+    assert layout.transforms == {"irot"}
+    assert layout.data_end == path.stat().st_size
+    path.write_bytes(ftyp + meta + _box(b"mdat", bytes(100))[:50])
+    assert read_bmff_layout(path).data_end == path.stat().st_size + 58
+    path.write_bytes(b"II*\x00" + bytes(60))
+    assert read_bmff_layout(path).data_end == 0
 
 
 def test_tga_is_decoded_by_extension_only(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import BinaryIO
@@ -46,6 +47,8 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 _BIGTIFF_MAGICS = (b"II+\x00", b"MM\x00+")
 _HEIF_BRANDS = frozenset(b"heic heix hevc heim heis hevm hevs mif1 msf1 avif avis".split())
 _APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07"  # macOS "._name" resource-fork sidecar files
+_TRANSFORM_BOXES = frozenset({b"irot", b"imir", b"clap"})
+_MAX_META_BYTES = 4 << 20  # a HEIF meta box is a few KiB; larger ones are not inspected
 
 _TAG_NEW_SUBFILE_TYPE = 254
 _TAG_WIDTH = 256
@@ -190,6 +193,79 @@ def read_tiff_rasters(path: str | os.PathLike[str]) -> list[TiffRaster]:
                 )
             )
     return rasters
+
+
+@dataclass(frozen=True)
+class BmffLayout:
+    """Top-level layout of an ISO base media file (HEIF, HEIC, AVIF, Canon CR3).
+
+    ``data_end`` is the largest end offset (bytes) its top-level boxes declare: a complete file is
+    at least that long. ``transforms`` holds the transformative item properties found in
+    ``meta/iprp/ipco`` (``"irot"``, ``"imir"``, ``"clap"``): decoders apply those themselves.
+    """
+
+    data_end: int
+    transforms: frozenset[str]
+
+
+def read_bmff_layout(path: str | os.PathLike[str]) -> BmffLayout:
+    """Walk the top-level boxes of ``path`` (and its ``meta`` box, up to 4 MiB); cheap, no decode.
+
+    A header cut short counts as extending past the end of the file. A file that does not start
+    with an ``ftyp`` box gives ``BmffLayout(0, frozenset())``.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+    """
+    data_end, transforms = 0, set()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if f.read(8)[4:8] != b"ftyp":
+            return BmffLayout(0, frozenset())
+        offset = 0
+        while offset < size:
+            f.seek(offset)
+            header = f.read(16)
+            if len(header) < 8:
+                return BmffLayout(offset + 8, frozenset(transforms))
+            box_size, kind = struct.unpack(">I4s", header[:8])
+            header_size = 8
+            if box_size == 1:  # 64-bit size follows
+                if len(header) < 16:
+                    return BmffLayout(offset + 16, frozenset(transforms))
+                box_size, header_size = struct.unpack(">Q", header[8:16])[0], 16
+            elif box_size == 0:  # extends to the end of the file
+                box_size = size - offset
+            if box_size < header_size:
+                break  # malformed: stop here, the decoder will complain
+            if kind == b"meta" and box_size <= _MAX_META_BYTES:
+                f.seek(offset + header_size)
+                body = f.read(box_size - header_size)
+                transforms |= _heif_transforms(body[4:])  # meta is a FullBox
+            data_end = max(data_end, offset + box_size)
+            offset += box_size
+    return BmffLayout(data_end, frozenset(transforms))
+
+
+def _heif_transforms(meta_body: bytes) -> set[str]:
+    """Names of the transformative properties in ``iprp/ipco`` of a ``meta`` box's content."""
+    ipco = _child_box(_child_box(meta_body, b"iprp"), b"ipco")
+    return {kind.decode("ascii") for kind, _ in _boxes(ipco) if kind in _TRANSFORM_BOXES}
+
+
+def _child_box(body: bytes, wanted: bytes) -> bytes:
+    return next((content for kind, content in _boxes(body) if kind == wanted), b"")
+
+
+def _boxes(body: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(type, content) of the boxes packed in ``body`` (32-bit sizes only; stops when malformed)."""
+    offset = 0
+    while offset + 8 <= len(body):
+        box_size, kind = struct.unpack(">I4s", body[offset : offset + 8])
+        if box_size < 8 or offset + box_size > len(body):
+            return
+        yield kind, body[offset + 8 : offset + box_size]
+        offset += box_size
 
 
 def _first(ifd: dict[int, tuple[int, ...]], tag: int, default: int) -> int:
