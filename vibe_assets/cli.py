@@ -45,22 +45,58 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta
 
 
+def captions_enabled(flag: bool | None) -> bool:
+    """Whether ingest captions: the flag when given, else ``VIBE_CAPTIONS`` (``on``, ``off`` or
+    ``auto``, the default: on when a CUDA GPU is present, off on CPU where BLIP-base takes ~2 s
+    per image).
+
+    Raises:
+        click.BadParameter: ``VIBE_CAPTIONS`` has another value.
+    """
+    if flag is not None:
+        return flag
+    from vibe_assets.settings import env_str
+
+    mode = env_str("VIBE_CAPTIONS", "auto").lower()
+    if mode not in {"auto", "on", "off"}:
+        raise click.BadParameter(f"VIBE_CAPTIONS must be auto, on or off, got {mode!r}")
+    if mode == "auto":
+        from vibe_assets.resources.clip import pick_device
+
+        return pick_device().startswith("cuda")
+    return mode == "on"
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
+@click.option(
+    "--captions/--no-captions",
+    default=None,
+    help="Caption with BLIP in this run (default VIBE_CAPTIONS=auto: on with a CUDA GPU, off on "
+    "CPU; recaption_schedule captions later).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="Only warnings and errors on stderr, no progress.")
-def ingest(paths: tuple[str, ...], as_json: bool, quiet: bool) -> None:
-    """Register each folder in PATHS and ingest it: scan, hash, decode, embed, upsert to Qdrant.
+def ingest(paths: tuple[str, ...], captions: bool | None, as_json: bool, quiet: bool) -> None:
+    """Register each folder in PATHS and ingest it: scan, hash, decode, embed, (caption,) upsert
+    to Qdrant.
 
     One Dagster run per folder. With --json, one folder prints one JSON object, several print a
     JSON array of them. Exits 1 when a run failed, 2 on a usage error (e.g. a PATH that is not a
     directory; nothing is ingested then).
     """
+    with_captions = captions_enabled(captions)
     registered = [_register(path) for path in paths]
+    from vibe_assets.assets import blip_captions
     from vibe_assets.definitions import INGEST_JOB, build_definitions
     from vibe_assets.summary import format_summary, ingest_summary
 
-    job = build_definitions().resolve_job_def(INGEST_JOB)
+    defs = build_definitions()
+    job = defs.resolve_job_def(INGEST_JOB)
+    selection = None
+    if not with_captions:  # BLIP is then never loaded
+        keys = defs.resolve_asset_graph().get_all_asset_keys()
+        selection = sorted(keys - {blip_captions.key}, key=lambda k: k.to_user_string())
     level = "WARNING" if quiet else "INFO"
     summaries = []
     for folder, instance in registered:
@@ -69,6 +105,7 @@ def ingest(paths: tuple[str, ...], as_json: bool, quiet: bool) -> None:
             partition_key=folder.key,
             instance=instance,
             raise_on_error=False,
+            asset_selection=selection,
             run_config={"loggers": {"console": {"config": {"log_level": level}}}},
         )
         summary = ingest_summary(
@@ -109,6 +146,7 @@ def search(text: str, limit: int, as_json: bool) -> None:
             "path": (h.payload or {}).get("paths", ["?"])[0],
             "paths": (h.payload or {}).get("paths", []),
             "sha256": (h.payload or {}).get("sha256"),
+            "caption": (h.payload or {}).get("caption"),
         }
         for h in hits
     ]
@@ -119,7 +157,8 @@ def search(text: str, limit: int, as_json: bool) -> None:
         click.echo("warning: CLIP uses RANDOM WEIGHTS: scores are meaningless", err=True)
     for row in rows:
         more = f"  (+{len(row['paths']) - 1} copies)" if len(row["paths"]) > 1 else ""
-        click.echo(f"{row['score']:.4f}  {row['path']}{more}")
+        caption = f'  "{row["caption"]}"' if row["caption"] else ""
+        click.echo(f"{row['score']:.4f}  {row['path']}{more}{caption}")
     if not rows:
         click.echo("no hits")
 

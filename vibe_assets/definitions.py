@@ -12,13 +12,16 @@ from typing import Any
 import dagster as dg
 
 from vibe_assets.assets import (
+    blip_captions,
     build_qdrant_asset,
     clip_embeddings,
     photo_files,
     photo_hashes,
     photo_previews,
 )
-from vibe_assets.resources import ClipResource, QdrantResource, StoreResource
+from vibe_assets.automation import build_recaption_schedule
+from vibe_assets.resources import BlipResource, ClipResource, QdrantResource, StoreResource
+from vibe_assets.resources.blip import DEFAULT_BLIP_MODEL
 from vibe_assets.settings import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_WEIGHTS,
@@ -29,6 +32,8 @@ from vibe_assets.settings import (
 )
 
 INGEST_JOB = "ingest_job"
+CAPTION_JOB = "caption_job"
+DEFAULT_RECAPTION_CRON = "0 3 * * 0"  # Sundays 03:00
 
 
 def collection_name() -> str:
@@ -60,6 +65,16 @@ def default_resources() -> dict[str, Any]:
             batch_size=env_int("VIBE_CLIP_BATCH_SIZE", 32),
             device=env_str("VIBE_DEVICE", "auto"),
         ),
+        "blip": BlipResource(
+            model_name=env_str("VIBE_BLIP_MODEL", DEFAULT_BLIP_MODEL),
+            random_weights=env_str("VIBE_BLIP_WEIGHTS", "pretrained") == "random",
+            batch_size=env_int("VIBE_BLIP_BATCH_SIZE", 8),
+            max_new_tokens=env_int("VIBE_BLIP_MAX_TOKENS", 20),
+            num_beams=env_int("VIBE_BLIP_BEAMS", 1),
+            prompt=env_str("VIBE_BLIP_PROMPT", ""),
+            device=env_str("VIBE_DEVICE", "auto"),
+            idle_unload_seconds=env_int("VIBE_BLIP_IDLE_UNLOAD_SECONDS", 300),
+        ),
         "qdrant": QdrantResource(
             path=str(home / "qdrant"),
             url=url,
@@ -69,12 +84,13 @@ def default_resources() -> dict[str, Any]:
 
 
 def build_assets(collection: str) -> list[dg.AssetsDefinition]:
-    """The ingest chain, scan to Qdrant, for one collection."""
+    """The ingest chain, scan to Qdrant, for one collection (captions included)."""
     return [
         photo_files,
         photo_hashes,
         photo_previews,
         clip_embeddings,
+        blip_captions,
         build_qdrant_asset(collection),
     ]
 
@@ -85,15 +101,31 @@ def build_definitions(
     """Definitions for ``collection`` (default from the environment) with ``resources``
     (default :func:`default_resources`)."""
     assets = build_assets(collection or collection_name())
+    qdrant_assets = [a for a in assets if a.key.to_user_string().startswith("qdrant_")]
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
         selection=dg.AssetSelection.assets(*assets),
-        executor_def=dg.in_process_executor,  # one process: the model loads once per run
-        description="Scan, hash, decode, embed and upsert the selected folder partitions.",
+        executor_def=dg.in_process_executor,  # one process: each model loads once per run
+        description=(
+            "Scan, hash, decode, embed, caption and upsert the selected folder partitions "
+            "(`vibe-assets ingest` leaves blip_captions out unless captions are on)."
+        ),
+    )
+    caption_job = dg.define_asset_job(
+        CAPTION_JOB,
+        selection=dg.AssetSelection.assets(blip_captions, *qdrant_assets),
+        executor_def=dg.in_process_executor,
+        description="Caption images that lack a caption from the current model; update payloads.",
+    )
+    schedule = build_recaption_schedule(
+        caption_job,
+        cron=env_str("VIBE_RECAPTION_CRON", DEFAULT_RECAPTION_CRON),
+        max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
     )
     return dg.Definitions(
         assets=assets,
-        jobs=[ingest_job],
+        jobs=[ingest_job, caption_job],
+        schedules=[schedule],
         resources=resources if resources is not None else default_resources(),
     )
 

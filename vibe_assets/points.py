@@ -5,8 +5,8 @@ path holding those bytes, across folders; ``folder_keys`` lists the partitions t
 path. Syncing folder K (root R) makes the collection agree with K's current listing:
 
 - a new image gets a point (vector + payload), upserted in batches;
-- an existing point gets its ``paths``/``folder_keys`` rewritten when they changed (payload only,
-  the vector is not re-sent);
+- an existing point gets its ``paths``/``folder_keys`` rewritten when they changed, and its
+  caption fields when a newer caption exists (payload only, the vector is not re-sent);
 - paths under R that are no longer in the listing are removed; a point left with no path is
   deleted.
 
@@ -27,7 +27,8 @@ from vibe_assets.resources.qdrant import point_id
 
 UPSERT_BATCH = 256  # points per upsert request
 READ_BATCH = 1000  # ids per retrieve / scroll page
-_SYNC_FIELDS = ["sha256", "paths", "folder_keys"]
+_SYNC_FIELDS = ["sha256", "paths", "folder_keys", "caption", "caption_model"]
+_CAPTION_COMPARED = ("caption", "caption_model")
 
 
 def _under(root: str) -> Callable[[str], bool]:
@@ -63,6 +64,7 @@ def sync_folder(
     root: str,
     current: dict[str, list[str]],
     make_point: Callable[[str, list[str]], models.PointStruct | None],
+    caption_for: Callable[[str], dict[str, Any] | None] = lambda _: None,
 ) -> Counter[str]:
     """Make ``collection`` agree with one folder's current images.
 
@@ -71,9 +73,12 @@ def sync_folder(
         make_point: builds the full point of a new image from (sha256, its paths in this folder),
             or returns None when it cannot (e.g. no embedding yet); such images are counted as
             ``skipped``.
+        caption_for: the caption payload (``caption``, ``caption_model``, ``captioned_at``) an
+            image should carry, or None to leave its caption fields as they are.
 
     Returns:
-        Counter with ``upserted``, ``payload_updated``, ``deleted``, ``unchanged``, ``skipped``.
+        Counter with ``upserted``, ``payload_updated`` (of which ``captioned`` got a new
+        caption), ``deleted``, ``unchanged``, ``skipped``.
     """
     mine = _under(root)
     existing: dict[str, dict[str, Any]] = {
@@ -102,8 +107,15 @@ def sync_folder(
         old_paths = old.get("paths", [])
         paths = sorted({p for p in old_paths if not mine(p)} | set(paths_here))
         keys = sorted(set(old.get("folder_keys", [])) | {folder_key})
+        update: dict[str, Any] = {}
         if paths != old_paths or keys != old.get("folder_keys"):
-            updates.append((pid, {"paths": paths, "folder_keys": keys}))
+            update.update(paths=paths, folder_keys=keys)
+        caption = caption_for(sha)
+        if caption and any(caption[k] != old.get(k) for k in _CAPTION_COMPARED):
+            update.update(caption)
+            counts["captioned"] += 1
+        if update:
+            updates.append((pid, update))
         else:
             counts["unchanged"] += 1
     for pid, old in existing.items():

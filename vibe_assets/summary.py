@@ -34,7 +34,8 @@ def ingest_summary(
 
     Keys: ``folder``, ``partition``, ``run_id``, ``success``, ``errors`` (step failures),
     ``files_seen``, ``processed``, ``decoded``, ``from_cache`` (images not decoded again),
-    ``embedded``, ``failed``, ``failed_by_code``, ``failures`` (every failed file: path, code,
+    ``embedded``, ``captions`` (whether this run captioned), ``captioned``, ``caption_model``,
+    ``failed``, ``failed_by_code``, ``failures`` (every failed file: path, code,
     message), ``collection``, ``points_in_collection``, ``upserted``, ``deleted``, ``seconds``
     (wall clock of the run), ``images_per_s`` (newly embedded images / seconds).
     """
@@ -42,6 +43,7 @@ def ingest_summary(
     files = md.get("photo_files", {})
     previews = md.get("photo_previews", {})
     embeddings = md.get("clip_embeddings", {})
+    captions = md.get("blip_captions")
     qdrant = next((v for k, v in md.items() if k.startswith("qdrant_")), {})
     embedded = int(embeddings.get("embedded", 0))
     return {
@@ -56,6 +58,9 @@ def ingest_summary(
         "from_cache": int(previews.get("from_cache", 0)),
         "embedded": embedded,
         "embed_model": embeddings.get("model"),
+        "captions": captions is not None,
+        "captioned": int(captions.get("captioned", 0)) if captions else 0,
+        "caption_model": captions.get("caption_model") if captions else None,
         "failed": int(previews.get("failed", 0)),
         "failed_by_code": previews.get("failed_by_code", {}),
         "failures": previews.get("failures_json", []),
@@ -78,6 +83,11 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  processed     {s['processed']} files ({s['decoded']} images decoded now, "
         f"{s['from_cache']} from cache, {s['embedded']} embedded now)",
         f"  failed        {s['failed']} ({by_code})",
+        (
+            f"  captions      {s['captioned']} captioned now by {s['caption_model']}"
+            if s["captions"]
+            else "  captions      off (--captions, or recaption_schedule captions later)"
+        ),
     ]
     if s["collection"]:
         lines.append(

@@ -14,9 +14,10 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from vibe_assets.assets import blip_captions
 from vibe_assets.definitions import build_assets
 from vibe_assets.partitions import PARTITIONS_NAME
-from vibe_assets.resources import ClipResource, QdrantResource, StoreResource
+from vibe_assets.resources import BlipResource, ClipResource, QdrantResource, StoreResource
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 needs_samples = pytest.mark.skipif(
@@ -54,6 +55,58 @@ def tiny_clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ckpt
 
 
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BLIP (BlipConfig) with a BERT-layout vocabulary written here, saved with
+    ``save_pretrained`` so it loads through transformers' real ``from_pretrained`` path.
+
+    transformers 5 ignores ``BertTokenizer(vocab_file=...)``: the vocabulary is passed as
+    ``vocab=``.
+    """
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "dog", "bird"]
+    words += [f"w{i}" for i in range(54)]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    config = BlipConfig(
+        text_config={
+            "vocab_size": len(words),
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+            "bos_token_id": 2,
+            "sep_token_id": 3,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 16,
+        },
+        projection_dim=32,
+    )
+    torch.manual_seed(4321)
+    folder = tmp_path_factory.mktemp("tiny_blip")
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
 @dataclass
 class Env:
     """A test environment: temp home, resources, ephemeral Dagster instance."""
@@ -71,10 +124,28 @@ class Env:
         self.instance.add_dynamic_partitions(PARTITIONS_NAME, [folder.key])
         return folder.key
 
-    def materialize(self, *keys: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
-        """Materialize the whole chain for one key, or a range run from keys[0] to keys[-1]."""
-        kwargs: dict[str, Any] = {}
-        if len(keys) == 1:
+    def materialize(
+        self,
+        *keys: str,
+        captions: bool = False,
+        only_captions: bool = False,
+        raise_on_error: bool = True,
+        tags: dict[str, str] | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        """Materialize the chain for one key, or a range run from keys[0] to keys[-1] (or the
+        range in ``tags``). Captions off by default (like ``vibe-assets ingest`` on CPU);
+        ``only_captions`` runs what the caption job runs (blip_captions + Qdrant)."""
+        assets = build_assets(COLLECTION)
+        if only_captions:
+            selection = [blip_captions.key, dg.AssetKey(f"qdrant_{COLLECTION}")]
+        elif captions:
+            selection = [a.key for a in assets]
+        else:
+            selection = [a.key for a in assets if a.key != blip_captions.key]
+        kwargs: dict[str, Any] = {"selection": selection}
+        if tags is not None:
+            kwargs["tags"] = tags
+        elif len(keys) == 1:
             kwargs["partition_key"] = keys[0]
         else:
             kwargs["tags"] = {
@@ -82,28 +153,34 @@ class Env:
                 "dagster/asset_partition_range_end": keys[-1],
             }
         return dg.materialize(
-            build_assets(COLLECTION),
+            assets,
             instance=self.instance,
             resources=self.resources,
             raise_on_error=raise_on_error,
             **kwargs,
         )
 
-    def points(self) -> dict[str, dict[str, Any]]:
-        """``{sha256: payload}`` of every point in the collection."""
+    def points(self, with_vectors: bool = False) -> dict[str, dict[str, Any]]:
+        """``{sha256: payload}`` of every point (payload plus ``_vector`` when asked)."""
         with self.resources["qdrant"].client() as client:
             if not client.collection_exists(COLLECTION):
                 return {}
-            records, _ = client.scroll(COLLECTION, limit=10_000, with_payload=True)
-        return {r.payload["sha256"]: r.payload for r in records}
+            records, _ = client.scroll(
+                COLLECTION, limit=10_000, with_payload=True, with_vectors=with_vectors
+            )
+        return {
+            r.payload["sha256"]: {**r.payload, **({"_vector": r.vector} if with_vectors else {})}
+            for r in records
+        }
 
 
 @pytest.fixture
-def env(tmp_path: Path, tiny_clip_checkpoint: Path) -> Iterator[Env]:
+def env(tmp_path: Path, tiny_clip_checkpoint: Path, tiny_blip_dir: Path) -> Iterator[Env]:
     home = tmp_path / "vibe_home"
     resources = {
         "store": StoreResource(home=str(home)),
         "clip": ClipResource(model_name=TINY_CLIP, weights=str(tiny_clip_checkpoint), batch_size=4),
+        "blip": BlipResource(model_name=str(tiny_blip_dir), batch_size=4, max_new_tokens=8),
         "qdrant": QdrantResource(path=str(home / "qdrant")),
     }
     with dg.instance_for_test() as instance:

@@ -12,7 +12,7 @@ from vibe_assets.instance import INSTANCE_YAML
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_definitions_load_with_five_partitioned_assets() -> None:
+def test_definitions_load_with_partitioned_assets_jobs_and_schedule() -> None:
     dg.Definitions.validate_loadable(definitions.defs)
     graph = definitions.defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
@@ -21,6 +21,7 @@ def test_definitions_load_with_five_partitioned_assets() -> None:
         "photo_hashes",
         "photo_previews",
         "clip_embeddings",
+        "blip_captions",
         "qdrant_photos",
     }
     for key in graph.get_all_asset_keys():
@@ -29,6 +30,14 @@ def test_definitions_load_with_five_partitioned_assets() -> None:
         assert node.backfill_policy == dg.BackfillPolicy.multi_run(32)
     job = definitions.defs.resolve_job_def(definitions.INGEST_JOB)
     assert job.partitions_def is not None
+    caption_job = definitions.defs.resolve_job_def(definitions.CAPTION_JOB)
+    assert {k.to_user_string() for k in caption_job.asset_layer.executable_asset_keys} == {
+        "blip_captions",
+        "qdrant_photos",
+    }
+    schedule = definitions.defs.resolve_schedule_def("recaption_schedule")
+    assert schedule.cron_schedule == "0 3 * * 0"  # weekly
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
 def test_repo_dagster_yaml_matches_cli_copy() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
-from vibe_assets.assets.previews import paths_by_sha, photo_previews, require_hashes
+from vibe_assets.assets.previews import photo_previews, previewed_shas
 from vibe_assets.batching import prefetch_batches
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.resources.clip import ClipResource
@@ -22,17 +22,9 @@ def shas_to_embed(
 ) -> tuple[list[str], int]:
     """Unique SHA-256s with a preview but no embedding by ``model_id``, and the count of those
     already embedded."""
-    todo: dict[str, None] = {}
-    cached = 0
-    for key in partition_keys:
-        for sha in paths_by_sha(require_hashes(store, key)):
-            if sha in todo or store.preview_info(sha) is None:
-                continue
-            if store.has_embedding(model_id, sha):
-                cached += 1
-            else:
-                todo[sha] = None
-    return list(todo), cached
+    shas = previewed_shas(store, partition_keys)
+    todo = [sha for sha in shas if not store.has_embedding(model_id, sha)]
+    return todo, len(shas) - len(todo)
 
 
 @dataclass

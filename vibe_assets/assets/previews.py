@@ -47,6 +47,17 @@ def paths_by_sha(hashes: dict[str, Any]) -> dict[str, list[str]]:
     return {sha: sorted(paths) for sha, paths in out.items()}
 
 
+def previewed_shas(store: StoreResource, partition_keys: list[str]) -> list[str]:
+    """Unique SHA-256s, in listing order, of the images of these partitions that have a preview
+    (the inputs of every model stage)."""
+    seen: dict[str, None] = {}
+    for key in partition_keys:
+        for sha in paths_by_sha(require_hashes(store, key)):
+            if sha not in seen and store.preview_info(sha) is not None:
+                seen[sha] = None
+    return list(seen)
+
+
 def decode_workers() -> int:
     """Decode threads: one per core (Pillow and LibRaw release the GIL while decoding)."""
     return max(1, os.cpu_count() or 1)

@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 import dagster as dg
 from qdrant_client import models
 
+from vibe_assets.assets.captions import blip_captions
 from vibe_assets.assets.embeddings import clip_embeddings
 from vibe_assets.assets.previews import paths_by_sha, require_hashes
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.points import sync_folder
+from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.clip import ClipResource
 from vibe_assets.resources.qdrant import QdrantResource, point_id
 from vibe_assets.resources.store import StoreResource
@@ -26,7 +28,7 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         name=f"qdrant_{collection}",
-        deps=[clip_embeddings],
+        deps=[clip_embeddings, blip_captions],
         partitions_def=photo_folder_partitions,
         backfill_policy=BACKFILL_POLICY,
         group_name="ingest",
@@ -34,18 +36,32 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
         description=(
             f"Qdrant collection {collection!r}: one point per unique image (id = UUID5 of its "
             "SHA-256) with its CLIP vector and payload (sha256, paths, folder_keys, width, height, "
-            "format, embed_model). Upserts new images, rewrites the paths of moved or copied "
-            "files, and deletes points whose files are all gone."
+            "format, embed_model, and caption/caption_model/captioned_at once captioned). Upserts "
+            "new images, rewrites the paths of moved or copied files and the captions of newly "
+            "captioned images (payload only), and deletes points whose files are all gone."
         ),
     )
     def _qdrant_asset(
         context: dg.AssetExecutionContext,
         store: StoreResource,
         clip: ClipResource,
+        blip: BlipResource,
         qdrant: QdrantResource,
     ) -> dg.MaterializeResult:
         start = time.perf_counter()
         model_id = clip.model_id
+        caption_model = blip.model_id  # an id only: BLIP is never loaded here
+
+        def caption_for(sha: str) -> dict[str, str] | None:
+            stored = store.get_caption(caption_model, sha)
+            if stored is None:
+                return None
+            return {
+                "caption": stored["text"],
+                "caption_model": caption_model,
+                "captioned_at": stored["captioned_at"],
+            }
+
         dim = clip.embedding_dim()
         totals: Counter[str] = Counter()
 
@@ -64,6 +80,7 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
                     "format": info["format"],
                     "embed_model": model_id,
                     "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    **(caption_for(sha) or {}),
                 }
                 return models.PointStruct(id=point_id(sha), vector=vector.tolist(), payload=payload)
 
@@ -80,7 +97,7 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
                     if store.preview_info(sha) is not None
                 }
                 counts = sync_folder(
-                    client, collection, key, hashes["root"], current, make_point(key)
+                    client, collection, key, hashes["root"], current, make_point(key), caption_for
                 )
                 totals.update(counts)
                 context.log.info(f"{key}: {dict(counts)}")
@@ -93,6 +110,7 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
                 "embed_model": model_id,
                 "upserted": totals["upserted"],
                 "payload_updated": totals["payload_updated"],
+                "captions_updated": totals["captioned"],
                 "deleted": totals["deleted"],
                 "unchanged": totals["unchanged"],
                 "skipped_no_embedding": totals["skipped"],

@@ -1,7 +1,8 @@
-"""Dagster resources: CLIP model, Qdrant connection, content-addressed store."""
+"""Dagster resources: CLIP and BLIP models, Qdrant connection, content-addressed store."""
 
+from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.clip import ClipResource
 from vibe_assets.resources.qdrant import QdrantResource
 from vibe_assets.resources.store import StoreResource
 
-__all__ = ["ClipResource", "QdrantResource", "StoreResource"]
+__all__ = ["BlipResource", "ClipResource", "QdrantResource", "StoreResource"]

@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,27 @@ class StoreResource(dg.ConfigurableResource):
             for sha256, vector in items:
                 data = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
                 self.cache.set(self._embedding_key(model_id, sha256), data)
+
+    @staticmethod
+    def _caption_key(model_id: str, sha256: str) -> str:
+        return f"caption/{model_id}/{sha256}"
+
+    def get_caption(self, model_id: str, sha256: str) -> dict[str, str] | None:
+        """Stored caption ``{"text", "captioned_at" (ISO 8601 UTC)}`` by ``model_id``, or None."""
+        doc = self.get_json(self._caption_key(model_id, sha256))
+        if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+            return None
+        return doc
+
+    def has_caption(self, model_id: str, sha256: str) -> bool:
+        """True when ``sha256`` has a caption by ``model_id``."""
+        return self._caption_key(model_id, sha256) in self.cache
+
+    def put_captions(self, model_id: str, items: Iterable[tuple[str, str]]) -> None:
+        """Store ``(sha256, caption text)`` pairs in one transaction, stamped with the time now."""
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with self.cache.transact():
+            for sha256, text in items:
+                self.set_json(
+                    self._caption_key(model_id, sha256), {"text": text, "captioned_at": now}
+                )
