@@ -98,6 +98,10 @@ def test_photos_and_raws_become_points_then_rerun_recomputes_nothing(
     assert nikon["width"] == 4288 and nikon["height"] == 2848 and nikon["format"] == "jpeg"
     assert nikon["folder_keys"] == [photos]
     assert nikon["embed_model"] == env.resources["clip"].model_id
+    assert (nikon["camera_make"], nikon["camera_model"]) == ("NIKON CORPORATION", "NIKON D90")
+    assert nikon["taken_at"].startswith("20")  # EXIF capture time, ISO 8601
+    china = next(p for p in points.values() if p["paths"][0].endswith("sklearn_china.jpg"))
+    assert "camera_model" not in china and "taken_at" not in china  # no EXIF: nothing guessed
     dng = next(p for p in points.values() if p["paths"][0].endswith("Canon550D_MagicLantern.dng"))
     assert (dng["width"], dng["height"], dng["format"]) == (1734, 1156, "raw")
     for sha, payload in points.items():

@@ -79,6 +79,7 @@ def _decode_one(store: StoreResource, sha256: str, paths: list[str]) -> dict[str
             "height": decoded.height,
             "format": decoded.format,
             "decoder": decoded.decoder,
+            "exif": decoded.exif,
         }
         try:
             store.put_preview(

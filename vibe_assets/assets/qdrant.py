@@ -3,6 +3,7 @@
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 from qdrant_client import models
@@ -16,6 +17,17 @@ from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.clip import ClipResource
 from vibe_assets.resources.qdrant import QdrantResource, point_id
 from vibe_assets.resources.store import StoreResource
+
+
+def exif_payload(exif: dict[str, Any]) -> dict[str, Any]:
+    """Payload fields from a photo's EXIF (:func:`vibe_assets.imaging.exif.photo_metadata`):
+    the fields as they are (taken_at, camera_make, camera_model, lens, focal_length_mm,
+    aperture, exposure_s, iso, gps_lat, gps_lon), plus ``location`` ``{"lat", "lon"}`` (Qdrant's
+    geo format) when both coordinates are present."""
+    payload = dict(exif)
+    if "gps_lat" in exif and "gps_lon" in exif:
+        payload["location"] = {"lat": exif["gps_lat"], "lon": exif["gps_lon"]}
+    return payload
 
 
 def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
@@ -36,9 +48,10 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
         description=(
             f"Qdrant collection {collection!r}: one point per unique image (id = UUID5 of its "
             "SHA-256) with its CLIP vector and payload (sha256, paths, folder_keys, width, height, "
-            "format, embed_model, and caption/caption_model/captioned_at once captioned). Upserts "
-            "new images, rewrites the paths of moved or copied files and the captions of newly "
-            "captioned images (payload only), and deletes points whose files are all gone."
+            "format, embed_model, EXIF fields (taken_at, camera, lens, exposure, GPS location), "
+            "and caption/caption_model/captioned_at once captioned). Upserts new images, "
+            "rewrites the paths of moved or copied files and the captions of newly captioned "
+            "images (payload only), and deletes points whose files are all gone."
         ),
     )
     def _qdrant_asset(
@@ -80,6 +93,7 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
                     "format": info["format"],
                     "embed_model": model_id,
                     "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    **exif_payload(info.get("exif") or {}),
                     **(caption_for(sha) or {}),
                 }
                 return models.PointStruct(id=point_id(sha), vector=vector.tolist(), payload=payload)

@@ -30,6 +30,10 @@ INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
     "folder_keys": models.PayloadSchemaType.KEYWORD,
     "format": models.PayloadSchemaType.KEYWORD,
     "embed_model": models.PayloadSchemaType.KEYWORD,
+    "caption_model": models.PayloadSchemaType.KEYWORD,
+    "camera_model": models.PayloadSchemaType.KEYWORD,
+    "taken_at": models.PayloadSchemaType.DATETIME,
+    "location": models.PayloadSchemaType.GEO,
 }
 
 
