@@ -122,17 +122,33 @@ def ingest(paths: tuple[str, ...], captions: bool | None, as_json: bool, quiet: 
     sys.exit(0 if all(s["success"] for s in summaries) else 1)
 
 
+def _collection(name: str | None) -> Any:
+    """The configured collection called ``name`` (default: the first configured)."""
+    from vibe_assets.collections import load_collections
+
+    specs = load_collections()
+    if name is None:
+        return specs[0]
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    _fail(f"no configured collection {name!r}; configured: {[s.name for s in specs]}")
+
+
 @main.command()
 @click.argument("text")
 @click.option("--limit", default=10, show_default=True, help="Number of hits.")
+@click.option("--collection", default=None, help="Collection (default: the first configured).")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
-def search(text: str, limit: int, as_json: bool) -> None:
-    """Print the images that best match TEXT: score and path."""
-    from vibe_assets.definitions import collection_name, default_resources
+def search(text: str, limit: int, collection: str | None, as_json: bool) -> None:
+    """Print the images that best match TEXT: score, path and caption."""
+    from vibe_assets.definitions import default_resources
 
+    spec = _collection(collection)
+    collection = spec.name
     resources = default_resources()
-    clip, qdrant = resources["clip"], resources["qdrant"]
-    collection = collection_name()
+    clip = resources["clip"].for_model(spec.model, spec.weights)
+    qdrant = resources["qdrant"]
     with qdrant.client() as client:
         if not client.collection_exists(collection):
             _fail(f"collection {collection!r} does not exist yet: run `vibe-assets ingest PATH`")
@@ -189,8 +205,10 @@ def folders_list() -> None:
 @folders.command("remove")
 @click.argument("key_or_path")
 def folders_remove(key_or_path: str) -> None:
-    """Unregister a folder (by partition key or path) and remove its paths from the collection."""
-    from vibe_assets.definitions import collection_name, default_resources
+    """Unregister a folder (by partition key or path) and remove its paths from every
+    configured collection (points of images with copies elsewhere are kept)."""
+    from vibe_assets.collections import load_collections
+    from vibe_assets.definitions import default_resources
     from vibe_assets.instance import get_instance
     from vibe_assets.points import sync_folder
 
@@ -199,14 +217,15 @@ def folders_remove(key_or_path: str) -> None:
     folder = store.registry.find(key_or_path)
     if folder is None:
         _fail(f"no registered folder matches {key_or_path!r} (see `vibe-assets folders list`)")
-    collection = collection_name()
     with qdrant.client() as client:
-        if client.collection_exists(collection):
+        for spec in load_collections():
+            if not client.collection_exists(spec.name):
+                continue
             counts = sync_folder(
-                client, collection, folder.key, str(folder.path), {}, lambda *_: None
+                client, spec.name, folder.key, str(folder.path), {}, lambda *_: None
             )
             click.echo(
-                f"removed {folder.key} from {collection!r}: {counts['deleted']} points deleted, "
+                f"removed {folder.key} from {spec.name!r}: {counts['deleted']} points deleted, "
                 f"{counts['payload_updated']} kept for copies elsewhere"
             )
     instance = get_instance()
@@ -214,6 +233,68 @@ def folders_remove(key_or_path: str) -> None:
         instance.delete_dynamic_partition(PARTITIONS_NAME, folder.key)
     store.registry.remove(folder.key)
     click.echo(f"unregistered {folder.key}\t{folder.path}")
+
+
+@main.group()
+def collections() -> None:
+    """List and delete Qdrant collections."""
+
+
+@collections.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def collections_list(as_json: bool) -> None:
+    """Every collection in Qdrant and every configured one: points, vector size, distance,
+    model."""
+    from vibe_assets.collections import load_collections
+    from vibe_assets.definitions import default_resources
+
+    configured = {spec.name: spec for spec in load_collections()}
+    rows = []
+    with default_resources()["qdrant"].client() as client:
+        existing = sorted(c.name for c in client.get_collections().collections)
+        for name in sorted(set(existing) | set(configured)):
+            spec = configured.get(name)
+            row: dict[str, Any] = {
+                "name": name,
+                "configured": spec is not None,
+                "model": f"{spec.model}/{spec.weights}" if spec else None,
+                "exists": name in existing,
+            }
+            if name in existing:
+                params = client.get_collection(name).config.params.vectors
+                row["points"] = client.count(name, exact=True).count
+                row["vector_size"] = getattr(params, "size", None)
+                row["distance"] = getattr(getattr(params, "distance", None), "value", None)
+            rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        state = (
+            f"{r['points']} points, {r['vector_size']}-d {r['distance']}"
+            if r["exists"]
+            else "not created yet"
+        )
+        model = r["model"] or "(not configured)"
+        click.echo(f"{r['name']}\t{state}\t{model}")
+
+
+@collections.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def collections_delete(name: str, yes: bool) -> None:
+    """Delete collection NAME from Qdrant (points only; previews, embeddings and captions stay
+    in the store, so re-creating it re-uploads without recomputing)."""
+    from vibe_assets.definitions import default_resources
+
+    with default_resources()["qdrant"].client() as client:
+        if not client.collection_exists(name):
+            _fail(f"collection {name!r} does not exist")
+        points = client.count(name, exact=True).count
+        if not yes:
+            click.confirm(f"delete collection {name!r} with {points} points?", abort=True)
+        client.delete_collection(name)
+    click.echo(f"deleted collection {name!r} ({points} points)")
 
 
 if __name__ == "__main__":

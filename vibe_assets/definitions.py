@@ -13,19 +13,17 @@ import dagster as dg
 
 from vibe_assets.assets import (
     blip_captions,
+    build_clip_embeddings,
     build_qdrant_asset,
-    clip_embeddings,
     photo_files,
     photo_hashes,
     photo_previews,
 )
 from vibe_assets.automation import build_recaption_schedule
+from vibe_assets.collections import CollectionSpec, load_collections
 from vibe_assets.resources import BlipResource, ClipResource, QdrantResource, StoreResource
 from vibe_assets.resources.blip import DEFAULT_BLIP_MODEL
 from vibe_assets.settings import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_WEIGHTS,
-    DEFAULT_COLLECTION,
     env_int,
     env_str,
     vibe_home,
@@ -36,19 +34,6 @@ CAPTION_JOB = "caption_job"
 DEFAULT_RECAPTION_CRON = "0 3 * * 0"  # Sundays 03:00
 
 
-def collection_name() -> str:
-    """Configured collection (``VIBE_COLLECTION``, default ``photos``); ``[a-z0-9_]`` only,
-    because it becomes part of the asset name ``qdrant_<collection>``.
-
-    Raises:
-        ValueError: the name has other characters.
-    """
-    name = env_str("VIBE_COLLECTION", DEFAULT_COLLECTION)
-    if not name or not all(c.isascii() and (c.isalnum() or c == "_") for c in name):
-        raise ValueError(f"VIBE_COLLECTION must match [A-Za-z0-9_]+, got {name!r}")
-    return name
-
-
 def default_resources() -> dict[str, Any]:
     """Resources configured from the environment (see README's configuration table).
 
@@ -57,11 +42,12 @@ def default_resources() -> dict[str, Any]:
     """
     home = vibe_home()
     url = os.environ.get("QDRANT_URL") or None
+    first = load_collections()[0]  # the CLIP resource's own model: the first collection's
     return {
         "store": StoreResource(home=str(home)),
         "clip": ClipResource(
-            model_name=env_str("VIBE_CLIP_MODEL", DEFAULT_CLIP_MODEL),
-            weights=env_str("VIBE_CLIP_WEIGHTS", DEFAULT_CLIP_WEIGHTS),
+            model_name=first.model,
+            weights=first.weights,
             batch_size=env_int("VIBE_CLIP_BATCH_SIZE", 32),
             device=env_str("VIBE_DEVICE", "auto"),
         ),
@@ -83,24 +69,25 @@ def default_resources() -> dict[str, Any]:
     }
 
 
-def build_assets(collection: str) -> list[dg.AssetsDefinition]:
-    """The ingest chain, scan to Qdrant, for one collection (captions included)."""
+def build_assets(collections: list[CollectionSpec]) -> list[dg.AssetsDefinition]:
+    """The ingest chain, scan to Qdrant (captions included), with one ``qdrant_<name>`` asset
+    per collection and one ``clip_embeddings`` asset embedding with each distinct model."""
     return [
         photo_files,
         photo_hashes,
         photo_previews,
-        clip_embeddings,
+        build_clip_embeddings([(c.model, c.weights) for c in collections]),
         blip_captions,
-        build_qdrant_asset(collection),
+        *(build_qdrant_asset(c) for c in collections),
     ]
 
 
 def build_definitions(
-    collection: str | None = None, resources: dict[str, Any] | None = None
+    collections: list[CollectionSpec] | None = None, resources: dict[str, Any] | None = None
 ) -> dg.Definitions:
-    """Definitions for ``collection`` (default from the environment) with ``resources``
+    """Definitions for ``collections`` (default :func:`load_collections`) with ``resources``
     (default :func:`default_resources`)."""
-    assets = build_assets(collection or collection_name())
+    assets = build_assets(collections or load_collections())
     qdrant_assets = [a for a in assets if a.key.to_user_string().startswith("qdrant_")]
     ingest_job = dg.define_asset_job(
         INGEST_JOB,

@@ -17,6 +17,16 @@ INSTANCE_YAML = """\
 # folder has no dagster.yaml yet; `dagster dev -w workspace.yaml` reads it from $DAGSTER_HOME.
 telemetry:
   enabled: false
+concurrency:
+  pools:
+    # Every pool vibe_assets uses runs one step at a time across all runs:
+    #   gpu    - steps that load a model (clip_embeddings, blip_captions)
+    #   qdrant - steps that open the embedded Qdrant store (one process at a time may hold it)
+    default_limit: 1
+run_monitoring:
+  enabled: true
+  # A cancelled or crashed run gives its pool slots back after 5 minutes instead of never.
+  free_slots_after_run_end_seconds: 300
 """
 
 

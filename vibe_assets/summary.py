@@ -36,7 +36,8 @@ def ingest_summary(
     ``files_seen``, ``processed``, ``decoded``, ``from_cache`` (images not decoded again),
     ``embedded``, ``captions`` (whether this run captioned), ``captioned``, ``caption_model``,
     ``failed``, ``failed_by_code``, ``failures`` (every failed file: path, code,
-    message), ``collection``, ``points_in_collection``, ``upserted``, ``deleted``, ``seconds``
+    message), ``collection``, ``points_in_collection``, ``upserted``, ``deleted`` (of the first
+    collection), ``collections`` (the same per collection), ``seconds``
     (wall clock of the run), ``images_per_s`` (newly embedded images / seconds).
     """
     md = _metadata(result)
@@ -44,7 +45,8 @@ def ingest_summary(
     previews = md.get("photo_previews", {})
     embeddings = md.get("clip_embeddings", {})
     captions = md.get("blip_captions")
-    qdrant = next((v for k, v in md.items() if k.startswith("qdrant_")), {})
+    collections = {k: v for k, v in md.items() if k.startswith("qdrant_")}
+    qdrant = next(iter(collections.values()), {})
     embedded = int(embeddings.get("embedded", 0))
     return {
         "folder": folder,
@@ -68,6 +70,14 @@ def ingest_summary(
         "points_in_collection": qdrant.get("points_in_collection"),
         "upserted": qdrant.get("upserted", 0),
         "deleted": qdrant.get("deleted", 0),
+        "collections": {
+            v["collection"]: {
+                "points": v.get("points_in_collection"),
+                "upserted": v.get("upserted", 0),
+                "deleted": v.get("deleted", 0),
+            }
+            for v in collections.values()
+        },
         "seconds": round(seconds, 2),
         "images_per_s": round(embedded / seconds, 2) if seconds > 0 else 0.0,
     }
@@ -89,10 +99,10 @@ def format_summary(s: dict[str, Any]) -> str:
             else "  captions      off (--captions, or recaption_schedule captions later)"
         ),
     ]
-    if s["collection"]:
+    for name, c in s["collections"].items():
         lines.append(
-            f"  collection    {s['collection']}: {s['points_in_collection']} points "
-            f"({s['upserted']} upserted, {s['deleted']} deleted)"
+            f"  collection    {name}: {c['points']} points "
+            f"({c['upserted']} upserted, {c['deleted']} deleted)"
         )
     lines.append(f"  speed         {s['images_per_s']:.2f} new images/s")
     for f in s["failures"]:

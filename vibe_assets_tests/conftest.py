@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 
 from vibe_assets.assets import blip_captions
+from vibe_assets.collections import CollectionSpec
 from vibe_assets.definitions import build_assets
 from vibe_assets.partitions import PARTITIONS_NAME
 from vibe_assets.resources import BlipResource, ClipResource, QdrantResource, StoreResource
@@ -114,6 +115,7 @@ class Env:
     home: Path
     resources: dict[str, Any]
     instance: dg.DagsterInstance
+    collections: list[CollectionSpec]
 
     @property
     def store(self) -> StoreResource:
@@ -135,9 +137,9 @@ class Env:
         """Materialize the chain for one key, or a range run from keys[0] to keys[-1] (or the
         range in ``tags``). Captions off by default (like ``vibe-assets ingest`` on CPU);
         ``only_captions`` runs what the caption job runs (blip_captions + Qdrant)."""
-        assets = build_assets(COLLECTION)
+        assets = build_assets(self.collections)
         if only_captions:
-            selection = [blip_captions.key, dg.AssetKey(f"qdrant_{COLLECTION}")]
+            selection = [blip_captions.key, *(dg.AssetKey(c.asset_name) for c in self.collections)]
         elif captions:
             selection = [a.key for a in assets]
         else:
@@ -160,13 +162,15 @@ class Env:
             **kwargs,
         )
 
-    def points(self, with_vectors: bool = False) -> dict[str, dict[str, Any]]:
+    def points(
+        self, with_vectors: bool = False, collection: str = COLLECTION
+    ) -> dict[str, dict[str, Any]]:
         """``{sha256: payload}`` of every point (payload plus ``_vector`` when asked)."""
         with self.resources["qdrant"].client() as client:
-            if not client.collection_exists(COLLECTION):
+            if not client.collection_exists(collection):
                 return {}
             records, _ = client.scroll(
-                COLLECTION, limit=10_000, with_payload=True, with_vectors=with_vectors
+                collection, limit=10_000, with_payload=True, with_vectors=with_vectors
             )
         return {
             r.payload["sha256"]: {**r.payload, **({"_vector": r.vector} if with_vectors else {})}
@@ -183,8 +187,9 @@ def env(tmp_path: Path, tiny_clip_checkpoint: Path, tiny_blip_dir: Path) -> Iter
         "blip": BlipResource(model_name=str(tiny_blip_dir), batch_size=4, max_new_tokens=8),
         "qdrant": QdrantResource(path=str(home / "qdrant")),
     }
+    collections = [CollectionSpec(COLLECTION, TINY_CLIP, str(tiny_clip_checkpoint))]
     with dg.instance_for_test() as instance:
-        yield Env(home, resources, instance)
+        yield Env(home, resources, instance, collections)
 
 
 def copy_samples(dest: Path, *names: str) -> Path:

@@ -42,7 +42,7 @@ def blip_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
 def schedule_requests(env: Env, blip: BlipResource | None = None) -> list[dg.RunRequest]:
     """Evaluate the re-caption schedule once against ``env``; [] when it skips."""
-    assets = build_assets(COLLECTION)
+    assets = build_assets(env.collections)
     job = dg.define_asset_job(
         "caption_job", selection=[blip_captions.key, dg.AssetKey(f"qdrant_{COLLECTION}")]
     )

@@ -36,6 +36,7 @@ def shas_to_caption(
     backfill_policy=BACKFILL_POLICY,
     group_name="ingest",
     kinds={"pytorch"},
+    pool="gpu",  # one model-loading step at a time (dagster.yaml: limit 1)
 )
 def blip_captions(
     context: dg.AssetExecutionContext, store: StoreResource, blip: BlipResource

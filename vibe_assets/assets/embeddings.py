@@ -87,30 +87,18 @@ def embed_previews(
     return stats
 
 
-@dg.asset(
-    deps=[photo_previews],
-    partitions_def=photo_folder_partitions,
-    backfill_policy=BACKFILL_POLICY,
-    group_name="ingest",
-    kinds={"pytorch"},
-)
-def clip_embeddings(
+def _embed_with(
     context: dg.AssetExecutionContext, store: StoreResource, clip: ClipResource
-) -> dg.MaterializeResult:
-    """L2-normalised CLIP image embeddings, (D,) float32 per unique image, of the previews not
-    yet embedded by the configured model. Previews are loaded and preprocessed in a thread pool
-    ahead of the model; each batch is written to the store as soon as it is computed, so a crash
-    loses at most one batch. The model is not loaded when there is nothing to embed.
-    """
+) -> dict[str, Any]:
+    """Embed this run's missing previews with one model; returns that model's metadata."""
     model_id = clip.model_id
     todo, cached = shas_to_embed(store, context.partition_keys, model_id)
-    metadata: dict[str, Any] = {"model": model_id, "embedded": 0, "from_cache": cached}
+    md: dict[str, Any] = {"model": model_id, "embedded": 0, "from_cache": cached}
     if clip.is_random:
-        metadata["weights_warning"] = "RANDOM WEIGHTS: embeddings are meaningless for search"
+        md["weights_warning"] = "RANDOM WEIGHTS: embeddings are meaningless for search"
     if not todo:
         context.log.info(f"nothing to embed: {cached} images already embedded by {model_id}")
-        return dg.MaterializeResult(metadata={**metadata, "model_loaded": False})
-
+        return {**md, "model_loaded": False}
     loaded = clip.load()
     if clip.is_random:
         context.log.warning(f"CLIP {clip.model_name} uses RANDOM WEIGHTS (explicitly requested)")
@@ -120,19 +108,56 @@ def clip_embeddings(
     )
     stats = embed_previews(store, clip, todo, log=context.log.info)
     context.log.info(f"embedded {stats.embedded} images ({stats.images_per_s:.1f} img/s)")
-    return dg.MaterializeResult(
-        metadata={
-            **metadata,
-            "model_loaded": True,
-            "embedded": stats.embedded,
-            "previews_missing": len(stats.missing),
-            "device": loaded.device,
-            "batch_size": clip.batch_size,
-            "embed_seconds": round(stats.seconds, 3),
-            "images_per_s": round(stats.images_per_s, 2),
-            "model_images_per_s": (
-                round(stats.embedded / stats.model_seconds, 2) if stats.model_seconds else 0.0
-            ),
-            "model_load_seconds": round(loaded.load_seconds, 2),
-        }
+    return {
+        **md,
+        "model_loaded": True,
+        "embedded": stats.embedded,
+        "previews_missing": len(stats.missing),
+        "device": loaded.device,
+        "batch_size": clip.batch_size,
+        "embed_seconds": round(stats.seconds, 3),
+        "images_per_s": round(stats.images_per_s, 2),
+        "model_images_per_s": (
+            round(stats.embedded / stats.model_seconds, 2) if stats.model_seconds else 0.0
+        ),
+        "model_load_seconds": round(loaded.load_seconds, 2),
+    }
+
+
+def build_clip_embeddings(models: list[tuple[str, str]]) -> dg.AssetsDefinition:
+    """The ``clip_embeddings`` asset for the distinct ``(model, weights)`` pairs of the
+    configured collections (embeddings are shared by collections with the same model)."""
+    models = list(dict.fromkeys(models))
+
+    @dg.asset(
+        name="clip_embeddings",
+        deps=[photo_previews],
+        partitions_def=photo_folder_partitions,
+        backfill_policy=BACKFILL_POLICY,
+        group_name="ingest",
+        kinds={"pytorch"},
+        pool="gpu",  # one model-loading step at a time (dagster.yaml: limit 1)
     )
+    def clip_embeddings(
+        context: dg.AssetExecutionContext, store: StoreResource, clip: ClipResource
+    ) -> dg.MaterializeResult:
+        """L2-normalised CLIP image embeddings, (D,) float32 per unique image and model, of the
+        previews not yet embedded by each configured model (one model in memory at a time).
+        Previews are loaded and preprocessed in a thread pool ahead of the model; each batch is
+        written to the store as soon as it is computed, so a crash loses at most one batch. A
+        model is not loaded when there is nothing for it to embed.
+        """
+        per_model = [_embed_with(context, store, clip.for_model(m, w)) for m, w in models]
+        if len(per_model) == 1:
+            return dg.MaterializeResult(metadata=per_model[0])
+        return dg.MaterializeResult(
+            metadata={
+                "model": ", ".join(md["model"] for md in per_model),
+                "embedded": sum(md["embedded"] for md in per_model),
+                "from_cache": sum(md["from_cache"] for md in per_model),
+                "model_loaded": any(md["model_loaded"] for md in per_model),
+                "by_model": dg.MetadataValue.json(per_model),
+            }
+        )
+
+    return clip_embeddings

@@ -1,22 +1,27 @@
 """``qdrant_<collection>``: one Qdrant point per unique image, synced incrementally."""
 
+import contextlib
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-from qdrant_client import models
+import numpy as np
+from qdrant_client import QdrantClient, models
 
 from vibe_assets.assets.captions import blip_captions
-from vibe_assets.assets.embeddings import clip_embeddings
 from vibe_assets.assets.previews import paths_by_sha, require_hashes
+from vibe_assets.collections import CollectionSpec
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
-from vibe_assets.points import sync_folder
+from vibe_assets.points import READ_BATCH, sync_folder
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.clip import ClipResource
-from vibe_assets.resources.qdrant import QdrantResource, point_id
+from vibe_assets.resources.qdrant import QdrantBusyError, QdrantResource, point_id
 from vibe_assets.resources.store import StoreResource
+
+BUSY_RETRIES = 5  # the embedded store is busy: retry up to 5 times, 20 s apart
+BUSY_RETRY_SECONDS = 20
 
 
 def exif_payload(exif: dict[str, Any]) -> dict[str, Any]:
@@ -30,28 +35,71 @@ def exif_payload(exif: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
+CHECK_POINTS = "every_image_has_a_point"
+CHECK_VECTORS = "vectors_finite_unit_norm"
+CHECK_SIZE = "vector_size_matches_model"
+NORM_TOLERANCE = 1e-3  # float32 L2 norm of a normalised vector is 1 within ~1e-6; be generous
+
+
+def _check_points(
+    client: QdrantClient, collection: str, expected: dict[str, str], dim: int
+) -> tuple[list[str], int]:
+    """Points missing among ``expected`` ``{point id: sha256}``, and how many stored vectors are
+    not finite, unit-norm ``dim``-d vectors."""
+    missing: list[str] = []
+    bad = 0
+    ids = list(expected)
+    for i in range(0, len(ids), READ_BATCH):
+        chunk = ids[i : i + READ_BATCH]
+        records = client.retrieve(collection, ids=chunk, with_payload=False, with_vectors=True)
+        found = {str(r.id): r.vector for r in records}
+        missing.extend(expected[pid] for pid in chunk if pid not in found)
+        bad += sum(not _is_unit_vector(v, dim) for v in found.values())
+    return missing, bad
+
+
+def _is_unit_vector(vector: object, dim: int) -> bool:
+    v = np.asarray(vector, dtype=np.float64)
+    if v.shape != (dim,) or not np.isfinite(v).all():
+        return False
+    return abs(float(np.linalg.norm(v)) - 1.0) <= NORM_TOLERANCE
+
+
+def build_qdrant_asset(spec: CollectionSpec) -> dg.AssetsDefinition:
     """Asset ``qdrant_<collection>`` that syncs each folder partition into that collection.
 
-    The collection is created on first use with the CLIP model's vector size and Cosine
+    The collection is created on first use with the model's vector size and the configured
     distance; an existing collection with another size or distance fails the run with a clear
-    message (never a silent mix of models).
+    message (never a silent mix of models). Three asset checks run with every materialization,
+    over the partitions of the run: every decoded and embedded image has a point; the points'
+    vectors are finite and unit-norm; the collection's vector size matches the model.
     """
+    collection = spec.name
+    key = dg.AssetKey(spec.asset_name)
 
     @dg.asset(
-        name=f"qdrant_{collection}",
-        deps=[clip_embeddings, blip_captions],
+        name=spec.asset_name,
+        deps=["clip_embeddings", blip_captions],
         partitions_def=photo_folder_partitions,
         backfill_policy=BACKFILL_POLICY,
         group_name="ingest",
         kinds={"qdrant"},
+        pool="qdrant",  # the embedded store admits one process at a time (dagster.yaml: limit 1)
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_POINTS, asset=key, description="every embedded image has a point"
+            ),
+            dg.AssetCheckSpec(CHECK_VECTORS, asset=key, description="vectors finite, L2 norm 1"),
+            dg.AssetCheckSpec(CHECK_SIZE, asset=key, description="vector size = model's size"),
+        ],
         description=(
-            f"Qdrant collection {collection!r}: one point per unique image (id = UUID5 of its "
-            "SHA-256) with its CLIP vector and payload (sha256, paths, folder_keys, width, height, "
-            "format, embed_model, EXIF fields (taken_at, camera, lens, exposure, GPS location), "
-            "and caption/caption_model/captioned_at once captioned). Upserts new images, "
-            "rewrites the paths of moved or copied files and the captions of newly captioned "
-            "images (payload only), and deletes points whose files are all gone."
+            f"Qdrant collection {collection!r} ({spec.model} / {spec.weights}, {spec.distance}): "
+            "one point per unique image (id = UUID5 of its SHA-256) with its CLIP vector and "
+            "payload (sha256, paths, folder_keys, width, height, format, embed_model, EXIF fields "
+            "(taken_at, camera, lens, exposure, GPS location), and caption/caption_model/"
+            "captioned_at once captioned). Upserts new images, rewrites the paths of moved or "
+            "copied files and the captions of newly captioned images (payload only), and deletes "
+            "points whose files are all gone."
         ),
     )
     def _qdrant_asset(
@@ -62,6 +110,7 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
         qdrant: QdrantResource,
     ) -> dg.MaterializeResult:
         start = time.perf_counter()
+        clip = clip.for_model(spec.model, spec.weights)
         model_id = clip.model_id
         caption_model = blip.model_id  # an id only: BLIP is never loaded here
 
@@ -100,23 +149,64 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
 
             return build
 
-        with qdrant.client() as client:
-            if qdrant.ensure_collection(client, collection, dim):
-                context.log.info(f"created collection {collection!r} ({dim}-d, Cosine)")
-            for key in context.partition_keys:
-                hashes = require_hashes(store, key)
+        try:
+            client = qdrant.open_client()
+        except QdrantBusyError as exc:
+            context.log.warning(f"{exc}; retrying in {BUSY_RETRY_SECONDS} s")
+            raise dg.RetryRequested(
+                max_retries=BUSY_RETRIES, seconds_to_wait=BUSY_RETRY_SECONDS
+            ) from exc
+        expected: dict[str, str] = {}  # point id -> sha of every image that should have a point
+        with contextlib.closing(client):
+            if qdrant.ensure_collection(client, collection, dim, spec.qdrant_distance):
+                context.log.info(f"created collection {collection!r} ({dim}-d, {spec.distance})")
+            for folder_key in context.partition_keys:
+                hashes = require_hashes(store, folder_key)
                 current = {
                     sha: paths
                     for sha, paths in paths_by_sha(hashes).items()
                     if store.preview_info(sha) is not None
                 }
                 counts = sync_folder(
-                    client, collection, key, hashes["root"], current, make_point(key), caption_for
+                    client,
+                    collection,
+                    folder_key,
+                    hashes["root"],
+                    current,
+                    make_point(folder_key),
+                    caption_for,
                 )
                 totals.update(counts)
-                context.log.info(f"{key}: {dict(counts)}")
+                context.log.info(f"{folder_key}: {dict(counts)}")
+                expected.update(
+                    (point_id(sha), sha) for sha in current if store.has_embedding(model_id, sha)
+                )
             points = client.count(collection, exact=True).count
+            size = client.get_collection(collection).config.params.vectors.size
+            missing, bad_vectors = _check_points(client, collection, expected, dim)
+        checks = [
+            dg.AssetCheckResult(
+                check_name=CHECK_POINTS,
+                passed=not missing,
+                metadata={
+                    "expected": len(expected),
+                    "missing": len(missing),
+                    "sample": missing[:10],
+                },
+            ),
+            dg.AssetCheckResult(
+                check_name=CHECK_VECTORS,
+                passed=bad_vectors == 0,
+                metadata={"checked": len(expected) - len(missing), "bad": bad_vectors},
+            ),
+            dg.AssetCheckResult(
+                check_name=CHECK_SIZE,
+                passed=size == dim,
+                metadata={"collection_size": size, "model_size": dim, "model": model_id},
+            ),
+        ]
         return dg.MaterializeResult(
+            check_results=checks,
             metadata={
                 "collection": collection,
                 "location": qdrant.location,
@@ -130,7 +220,7 @@ def build_qdrant_asset(collection: str) -> dg.AssetsDefinition:
                 "skipped_no_embedding": totals["skipped"],
                 "points_in_collection": points,
                 "sync_seconds": round(time.perf_counter() - start, 3),
-            }
+            },
         )
 
     return _qdrant_asset

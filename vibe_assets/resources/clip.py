@@ -89,6 +89,15 @@ class ClipResource(dg.ConfigurableResource):
     _model_id: str | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
+    def for_model(self, model_name: str, weights: str) -> ClipResource:
+        """This resource's runtime settings (batch size, device) with another model; returns
+        self when the model is the same (keeping a loaded model)."""
+        if (model_name, weights) == (self.model_name, self.weights):
+            return self
+        return ClipResource(
+            model_name=model_name, weights=weights, batch_size=self.batch_size, device=self.device
+        )
+
     @property
     def is_random(self) -> bool:
         """True when random weights were explicitly requested."""

@@ -37,6 +37,10 @@ INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
 }
 
 
+class QdrantBusyError(RuntimeError):
+    """The embedded Qdrant folder is held by another process (retryable)."""
+
+
 class CollectionMismatchError(RuntimeError):
     """An existing collection has another vector size or distance than the configured model."""
 
@@ -74,19 +78,36 @@ class QdrantResource(dg.ConfigurableResource):
     def _path(self) -> Path:
         return Path(self.path).expanduser() if self.path else vibe_home() / "qdrant"
 
-    @contextlib.contextmanager
-    def client(self) -> Iterator[QdrantClient]:
-        """Open a client for the duration of a ``with`` block, then close it.
+    def open_client(self) -> QdrantClient:
+        """A new client; the caller closes it (prefer :meth:`client`).
 
         Raises:
-            RuntimeError: (from qdrant-client) the embedded folder is open in another process.
+            QdrantBusyError: the embedded folder is open in another process (e.g. ``dagster dev``
+                holding it during a run, or a ``vibe-assets search``); retry later or use a
+                server. The store itself is untouched (qdrant-client takes an exclusive lock).
         """
         if self.url:
-            client = QdrantClient(url=self.url, api_key=self.api_key, timeout=self.timeout)
-        else:
-            path = self._path()
-            path.mkdir(parents=True, exist_ok=True)
-            client = QdrantClient(path=str(path))
+            return QdrantClient(url=self.url, api_key=self.api_key, timeout=self.timeout)
+        path = self._path()
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            return QdrantClient(path=str(path))
+        except RuntimeError as exc:
+            if "already accessed" not in str(exc):
+                raise
+            raise QdrantBusyError(
+                f"the embedded Qdrant store {path} is in use by another process; retry when it "
+                "is done, or run a Qdrant server (docker compose up -d qdrant) and set QDRANT_URL"
+            ) from exc
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[QdrantClient]:
+        """A client for the duration of a ``with`` block, closed after it.
+
+        Raises:
+            QdrantBusyError: see :meth:`open_client`.
+        """
+        client = self.open_client()
         try:
             yield client
         finally:
