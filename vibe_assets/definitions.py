@@ -21,7 +21,13 @@ from vibe_assets.assets import (
 )
 from vibe_assets.automation import build_recaption_schedule
 from vibe_assets.collections import CollectionSpec, load_collections
-from vibe_assets.resources import BlipResource, ClipResource, QdrantResource, StoreResource
+from vibe_assets.resources import (
+    BlipResource,
+    ClipResource,
+    InferenceDeviceResource,
+    QdrantResource,
+    StoreResource,
+)
 from vibe_assets.resources.blip import DEFAULT_BLIP_MODEL
 from vibe_assets.settings import (
     env_int,
@@ -48,8 +54,12 @@ def default_resources() -> dict[str, Any]:
         "clip": ClipResource(
             model_name=first.model,
             weights=first.weights,
-            batch_size=env_int("VIBE_CLIP_BATCH_SIZE", 32),
+            batch_size=env_int("VIBE_CLIP_BATCH_SIZE", 0) or None,  # None: probe
             device=env_str("VIBE_DEVICE", "auto"),
+        ),
+        "device": InferenceDeviceResource(
+            device=env_str("VIBE_DEVICE", "auto"),
+            max_batch_size=env_int("VIBE_MAX_BATCH_SIZE", 512),
         ),
         "blip": BlipResource(
             model_name=env_str("VIBE_BLIP_MODEL", DEFAULT_BLIP_MODEL),

@@ -18,7 +18,13 @@ from vibe_assets.assets import blip_captions
 from vibe_assets.collections import CollectionSpec
 from vibe_assets.definitions import build_assets
 from vibe_assets.partitions import PARTITIONS_NAME
-from vibe_assets.resources import BlipResource, ClipResource, QdrantResource, StoreResource
+from vibe_assets.resources import (
+    BlipResource,
+    ClipResource,
+    InferenceDeviceResource,
+    QdrantResource,
+    StoreResource,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 needs_samples = pytest.mark.skipif(
@@ -184,6 +190,7 @@ def env(tmp_path: Path, tiny_clip_checkpoint: Path, tiny_blip_dir: Path) -> Iter
     resources = {
         "store": StoreResource(home=str(home)),
         "clip": ClipResource(model_name=TINY_CLIP, weights=str(tiny_clip_checkpoint), batch_size=4),
+        "device": InferenceDeviceResource(cache_dir=str(home / "probe-cache")),
         "blip": BlipResource(model_name=str(tiny_blip_dir), batch_size=4, max_new_tokens=8),
         "qdrant": QdrantResource(path=str(home / "qdrant")),
     }

@@ -1,5 +1,6 @@
 """``clip_embeddings``: CLIP image embeddings of every preview, stored per (model, SHA-256)."""
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,9 +13,16 @@ from vibe_assets.assets.previews import photo_previews, previewed_shas
 from vibe_assets.batching import prefetch_batches
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.resources.clip import ClipResource
+from vibe_assets.resources.device import (
+    InferenceDeviceResource,
+    image_batch_runner,
+    precision_for,
+)
 from vibe_assets.resources.store import StoreResource
 
 PROGRESS_EVERY_SECONDS = 10.0
+DEFAULT_BATCH_SIZE = 32  # CPU: ViT-B-32 is flat from 8 to 32 images per pass (DESIGN.md)
+log_warning = logging.getLogger(__name__)
 
 
 def shas_to_embed(
@@ -48,12 +56,16 @@ def embed_previews(
     clip: ClipResource,
     shas: Sequence[str],
     log: Callable[[str], None] = lambda _: None,
+    batch_size: int | None = None,
+    device: InferenceDeviceResource | None = None,
 ) -> EmbedStats:
     """Embed the previews of ``shas`` with ``clip`` and store each batch as soon as it is done.
 
     Previews are opened and preprocessed in a thread pool up to two batches ahead of the model.
     A preview that cannot be read is forgotten (the next run re-decodes it) and counted in
-    ``missing``; it never stops the batch.
+    ``missing``; it never stops the batch. With ``device``, a batch that runs out of memory is
+    split in half and retried instead of failing. ``batch_size`` defaults to
+    ``clip.batch_size`` (32 when that is None).
     """
     import torch
 
@@ -66,7 +78,8 @@ def embed_previews(
 
     stats = EmbedStats()
     start = last_log = time.perf_counter()
-    for batch in prefetch_batches(shas, load_preview, clip.batch_size):
+    size = batch_size or clip.batch_size or DEFAULT_BATCH_SIZE
+    for batch in prefetch_batches(shas, load_preview, size):
         for sha, exc in batch.errors:
             log(f"preview of {sha} unreadable ({exc}); it will be re-decoded next run")
             store.forget_preview(sha)
@@ -74,7 +87,11 @@ def embed_previews(
         if not batch.items:
             continue
         t0 = time.perf_counter()
-        vectors = clip.encode_images(torch.stack(batch.values))
+        stacked = torch.stack(batch.values)
+        if device is None:
+            vectors = clip.encode_images(stacked)
+        else:
+            vectors = device.run_with_oom_split(stacked, clip.encode_images, logger=log_warning)
         stats.model_seconds += time.perf_counter() - t0
         store.put_embeddings(model_id, zip(batch.items, vectors, strict=True))
         stats.embedded += len(batch.items)
@@ -87,8 +104,24 @@ def embed_previews(
     return stats
 
 
+def resolve_batch_size(clip: ClipResource, device: InferenceDeviceResource) -> int:
+    """``clip.batch_size`` when configured, else the device's safe batch for this model
+    (probed with real forward passes once per machine, then cached)."""
+    if clip.batch_size:
+        return clip.batch_size
+    loaded = clip.load()
+    precision = precision_for(loaded.device)
+    runner = image_batch_runner(
+        loaded.model.encode_image, loaded.model.visual.image_size, loaded.device, precision
+    )
+    return device.safe_batch_size(clip.model_id, runner, precision)
+
+
 def _embed_with(
-    context: dg.AssetExecutionContext, store: StoreResource, clip: ClipResource
+    context: dg.AssetExecutionContext,
+    store: StoreResource,
+    clip: ClipResource,
+    device: InferenceDeviceResource,
 ) -> dict[str, Any]:
     """Embed this run's missing previews with one model; returns that model's metadata."""
     model_id = clip.model_id
@@ -102,19 +135,25 @@ def _embed_with(
     loaded = clip.load()
     if clip.is_random:
         context.log.warning(f"CLIP {clip.model_name} uses RANDOM WEIGHTS (explicitly requested)")
+    batch_size = resolve_batch_size(clip, device)
     context.log.info(
         f"embedding {len(todo)} images with {model_id} on {loaded.device}, "
-        f"batch size {clip.batch_size} ({cached} already embedded)"
+        f"batch size {batch_size} ({cached} already embedded)"
     )
-    stats = embed_previews(store, clip, todo, log=context.log.info)
+    stats = embed_previews(
+        store, clip, todo, log=context.log.info, batch_size=batch_size, device=device
+    )
     context.log.info(f"embedded {stats.embedded} images ({stats.images_per_s:.1f} img/s)")
     return {
         **md,
         "model_loaded": True,
         "embedded": stats.embedded,
         "previews_missing": len(stats.missing),
+        **device.describe(),
         "device": loaded.device,
-        "batch_size": clip.batch_size,
+        "precision": precision_for(loaded.device),
+        "batch_size": batch_size,
+        "batch_size_source": "config" if clip.batch_size else "probe",
         "embed_seconds": round(stats.seconds, 3),
         "images_per_s": round(stats.images_per_s, 2),
         "model_images_per_s": (
@@ -139,7 +178,10 @@ def build_clip_embeddings(models: list[tuple[str, str]]) -> dg.AssetsDefinition:
         pool="gpu",  # one model-loading step at a time (dagster.yaml: limit 1)
     )
     def clip_embeddings(
-        context: dg.AssetExecutionContext, store: StoreResource, clip: ClipResource
+        context: dg.AssetExecutionContext,
+        store: StoreResource,
+        clip: ClipResource,
+        device: InferenceDeviceResource,
     ) -> dg.MaterializeResult:
         """L2-normalised CLIP image embeddings, (D,) float32 per unique image and model, of the
         previews not yet embedded by each configured model (one model in memory at a time).
@@ -147,7 +189,7 @@ def build_clip_embeddings(models: list[tuple[str, str]]) -> dg.AssetsDefinition:
         written to the store as soon as it is computed, so a crash loses at most one batch. A
         model is not loaded when there is nothing for it to embed.
         """
-        per_model = [_embed_with(context, store, clip.for_model(m, w)) for m, w in models]
+        per_model = [_embed_with(context, store, clip.for_model(m, w), device) for m, w in models]
         if len(per_model) == 1:
             return dg.MaterializeResult(metadata=per_model[0])
         return dg.MaterializeResult(

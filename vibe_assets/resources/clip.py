@@ -21,6 +21,7 @@ import dagster as dg
 import numpy as np
 from pydantic import PrivateAttr
 
+from vibe_assets.resources.device import autocast, precision_for, resolve_device
 from vibe_assets.settings import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,9 @@ class LoadedClip:
 
 
 def pick_device(requested: str = "auto") -> str:
-    """``"cuda"`` if available, else ``"mps"`` if available, else ``"cpu"``; or ``requested``."""
-    import torch
-
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """``"cuda"`` if available, else ``"mps"`` if available, else ``"cpu"``; or ``requested``
+    (:func:`vibe_assets.resources.device.resolve_device`)."""
+    return resolve_device(requested)
 
 
 def _file_sha256(path: Path) -> str:
@@ -73,7 +67,9 @@ class ClipResource(dg.ConfigurableResource):
         model_name: open_clip architecture name (``open_clip.list_models()``), default ViT-B-32.
         weights: a pretrained tag for that architecture (default ``laion2b_s34b_b79k``), a path to
             a local checkpoint file, or ``"random"`` (explicit opt-in, warns loudly).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; None (default) asks the
+            :class:`~vibe_assets.resources.device.InferenceDeviceResource` for the largest safe
+            batch (probed once per machine and model, cached).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``.
 
     The model is loaded on the first call of :meth:`load` (never at import, never when there is
@@ -82,7 +78,7 @@ class ClipResource(dg.ConfigurableResource):
 
     model_name: str = DEFAULT_CLIP_MODEL
     weights: str = DEFAULT_CLIP_WEIGHTS
-    batch_size: int = 32
+    batch_size: int | None = None
     device: str = "auto"
 
     _loaded: LoadedClip | None = PrivateAttr(default=None)
@@ -221,8 +217,11 @@ class ClipResource(dg.ConfigurableResource):
         import torch
 
         clip = self.load()
-        with torch.inference_mode():
-            feats = clip.model.encode_image(batch.to(clip.device, non_blocking=True))
+        on_cuda = clip.device.startswith("cuda")
+        if on_cuda:
+            batch = batch.pin_memory()  # lets the copy below overlap with host work
+        with torch.inference_mode(), autocast(clip.device, precision_for(clip.device)):
+            feats = clip.model.encode_image(batch.to(clip.device, non_blocking=on_cuda))
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)
         return feats.cpu().numpy().astype(np.float32, copy=False)
 
