@@ -1,12 +1,23 @@
-"""Embed-stage throughput versus the bare model, on the same previews, in the same run.
+"""Ingest throughput against the bare model and the old services' pipeline, in one run.
 
-    python benchmarks/ingest.py FOLDER [--model ViT-B-32] [--weights random] [--repeat 4]
+    python benchmarks/ingest.py FOLDER [FOLDER ...] [--copies 4] [--baseline]
+                                [--model ViT-B-32] [--weights random] [--batch-size 32]
 
-Steps: scan/hash/decode FOLDER into a temporary VIBE_HOME through the real Dagster assets (timed
-as the decode stage); load CLIP once and warm it up; time the bare model (forward passes only, on
-tensors preprocessed beforehand) before and after timing our embed stage (preview files in ->
-vectors in the store, `embed_previews`); print JSON with images/s of each, their ratio and peak
-RSS. Weights default to random (explicit, warned): throughput does not depend on weight values.
+1. Builds a temporary library from FOLDERs' files, ``--copies`` times, each copy made unique by
+   bytes appended after the image data (JPEG/PNG/DNG readers ignore them), so content
+   addressing cannot skip the copies.
+2. **Whole ingest**: materializes scan -> hash -> preview -> embed -> Qdrant (captions off)
+   through the real Dagster assets into a temporary VIBE_HOME and embedded Qdrant; images/s
+   excludes the model load (process start-up), which is reported apart.
+3. **Bare model**: the same model on the same previews, preprocessed beforehand: forward passes
+   only, timed before and after step 4 and averaged.
+4. **Embed stage**: `embed_previews` on those previews (preview files in -> vectors stored).
+5. With ``--baseline``, **old services' pipeline** on the same files and model: full-size
+   decode of every original (RAW: full ``postprocess()``, done twice as the old services did),
+   sequential preprocessing, batches of 8.
+
+Prints JSON with images/s of each and the ratios. Weights default to random (explicit, warned):
+throughput does not depend on weight values.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -22,90 +34,173 @@ import warnings
 from pathlib import Path
 
 import dagster as dg
+import rawpy
 import torch
 from PIL import Image
 
-from vibe_assets.assets import photo_files, photo_hashes, photo_previews
 from vibe_assets.assets.embeddings import embed_previews, shas_to_embed
+from vibe_assets.collections import CollectionSpec
+from vibe_assets.definitions import build_assets
+from vibe_assets.imaging.formats import read_head, sniff_format
 from vibe_assets.partitions import PARTITIONS_NAME
-from vibe_assets.resources import ClipResource, StoreResource
+from vibe_assets.resources import (
+    BlipResource,
+    ClipResource,
+    InferenceDeviceResource,
+    QdrantResource,
+    StoreResource,
+)
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def bare_model_images_per_s(clip: ClipResource, tensors: list[torch.Tensor]) -> float:
-    """images/s of ``clip.encode_images`` alone over ``tensors`` in batches of clip.batch_size."""
+def build_library(folders: list[Path], copies: int, dest: Path) -> int:
+    """Copy every file of ``folders`` into ``dest`` ``copies`` times with unique trailing bytes;
+    returns the number of files written."""
+    dest.mkdir(parents=True)
+    n = 0
+    for folder in folders:
+        for src in sorted(p for p in folder.iterdir() if p.is_file()):
+            data = src.read_bytes()
+            for c in range(copies):
+                out = dest / f"{c:03d}_{src.name}"
+                out.write_bytes(data + (b"" if c == 0 else f"vibe-copy-{c}".encode()))
+                n += 1
+    return n
+
+
+def bare_model_images_per_s(clip: ClipResource, tensors: list[torch.Tensor], bs: int) -> float:
+    """images/s of ``clip.encode_images`` alone over ``tensors`` in batches of ``bs``."""
     start = time.perf_counter()
-    for i in range(0, len(tensors), clip.batch_size):
-        clip.encode_images(torch.stack(tensors[i : i + clip.batch_size]))
+    for i in range(0, len(tensors), bs):
+        clip.encode_images(torch.stack(tensors[i : i + bs]))
     return len(tensors) / (time.perf_counter() - start)
+
+
+def old_services_images_per_s(clip: ClipResource, files: list[Path]) -> tuple[float, int]:
+    """The replaced services' pipeline: full-size decode of originals (RAW decoded twice: once
+    for metadata/validation, once for pixels), sequential preprocessing, batches of 8."""
+    preprocess = clip.load().preprocess
+    batch: list[torch.Tensor] = []
+    done = 0
+    start = time.perf_counter()
+    for path in files:
+        try:
+            if sniff_format(read_head(path), path) == "raw":
+                for _ in range(2):
+                    with rawpy.imread(str(path)) as raw:
+                        pixels = raw.postprocess()
+                image = Image.fromarray(pixels)
+            else:
+                with Image.open(path) as im:
+                    image = im.convert("RGB")
+        except Exception:
+            continue
+        batch.append(preprocess(image))
+        if len(batch) == 8:
+            clip.encode_images(torch.stack(batch))
+            done += len(batch)
+            batch = []
+    if batch:
+        clip.encode_images(torch.stack(batch))
+        done += len(batch)
+    return done / (time.perf_counter() - start), done
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folders", type=Path, nargs="+")
+    parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--weights", default="random")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=4, help="embed each preview N times")
+    parser.add_argument("--baseline", action="store_true", help="also run the old pipeline")
     args = parser.parse_args()
+    warnings.simplefilter("ignore")
 
     with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
-        store = StoreResource(home=tmp)
-        key = store.registry.add(args.folder).key
+        library = Path(tmp) / "library"
+        n_files = build_library(args.folders, args.copies, library)
+        home = Path(tmp) / "home"
+        store = StoreResource(home=str(home))
+        clip = ClipResource(model_name=args.model, weights=args.weights, batch_size=args.batch_size)
+        spec = CollectionSpec("bench", args.model, args.weights)
+        resources = {
+            "store": store,
+            "clip": clip,
+            "device": InferenceDeviceResource(cache_dir=str(home / "probe-cache")),
+            "blip": BlipResource(),  # never loaded: captions off
+            "qdrant": QdrantResource(path=str(home / "qdrant")),
+        }
+        key = store.registry.add(library).key
         instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
+        assets = build_assets([spec])
+        selection = [a.key for a in assets if a.key.to_user_string() != "blip_captions"]
         t0 = time.perf_counter()
         result = dg.materialize(
-            [photo_files, photo_hashes, photo_previews],
-            resources={"store": store},
+            assets,
+            selection=selection,
+            resources=resources,
             partition_key=key,
             instance=instance,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config=QUIET,
         )
-        decode_seconds = time.perf_counter() - t0
-        clip = ClipResource(model_name=args.model, weights=args.weights, batch_size=args.batch_size)
-        shas, _ = shas_to_embed(store, [key], clip.model_id)
-        if not shas:
-            print("no decodable images in", args.folder, file=sys.stderr)
-            return 1
-        work = shas * args.repeat
+        ingest_seconds = time.perf_counter() - t0
+        md = {
+            e.step_materialization_data.materialization.asset_key.to_user_string(): {
+                k: v.value for k, v in e.step_materialization_data.materialization.metadata.items()
+            }
+            for e in result.get_asset_materialization_events()
+        }
+        embed_md = md["clip_embeddings"]
+        load_seconds = embed_md.get("model_load_seconds", 0.0)
+        images = md["photo_previews"]["unique_images"]
+        ingested = embed_md["embedded"]
+        whole = ingested / (ingest_seconds - load_seconds)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loaded = clip.load()
+        # Same previews: bare model vs our embed stage (model loaded and warm here).
+        shas, _ = shas_to_embed(store, [key], "none/for-listing")
+        loaded = clip.load()
         tensors = []
-        for sha in work:
+        for sha in shas:
             with Image.open(store.preview_path(sha)) as im:
                 tensors.append(loaded.preprocess(im.convert("RGB")))
-        clip.encode_images(torch.stack(tensors[: clip.batch_size]))  # warm-up
-
-        bare_before = bare_model_images_per_s(clip, tensors)
-        stats = embed_previews(store, clip, work)
-        bare_after = bare_model_images_per_s(clip, tensors)
+        bs = args.batch_size
+        clip.encode_images(torch.stack(tensors[:bs]))  # warm-up
+        bare_before = bare_model_images_per_s(clip, tensors, bs)
+        stats = embed_previews(store, clip, shas, batch_size=bs)
+        bare_after = bare_model_images_per_s(clip, tensors, bs)
         bare = (bare_before + bare_after) / 2
-        decoded = result.asset_materializations_for_node("photo_previews")[0].metadata
-        print(
-            json.dumps(
-                {
-                    "folder": str(args.folder),
-                    "unique_images": len(shas),
-                    "images_timed": len(work),
-                    "model": clip.model_id,
-                    "device": loaded.device,
-                    "batch_size": clip.batch_size,
-                    "torch_threads": torch.get_num_threads(),
-                    "cpu_count": os.cpu_count(),
-                    "decode_stage_seconds": round(decode_seconds, 2),
-                    "decode_images_per_s": decoded["decode_images_per_s"].value,
-                    "embed_stage_images_per_s": round(stats.images_per_s, 2),
-                    "bare_model_images_per_s": round(bare, 2),
-                    "bare_model_images_per_s_runs": [round(bare_before, 2), round(bare_after, 2)],
-                    "ratio_embed_stage_to_bare": round(stats.images_per_s / bare, 3),
-                    "peak_rss_mib": round(
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-                    ),
-                },
-                indent=2,
-            )
-        )
+
+        out = {
+            "folders": [str(f) for f in args.folders],
+            "copies": args.copies,
+            "files": n_files,
+            "unique_images": images,
+            "model": clip.model_id,
+            "device": loaded.device,
+            "batch_size": bs,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "whole_ingest_seconds": round(ingest_seconds, 2),
+            "model_load_seconds": load_seconds,
+            "decode_images_per_s": md["photo_previews"]["decode_images_per_s"],
+            "whole_ingest_images_per_s": round(whole, 2),
+            "embed_stage_images_per_s": round(stats.images_per_s, 2),
+            "bare_model_images_per_s": round(bare, 2),
+            "bare_model_images_per_s_runs": [round(bare_before, 2), round(bare_after, 2)],
+            "ratio_embed_stage_to_bare": round(stats.images_per_s / bare, 3),
+            "ratio_whole_ingest_to_bare": round(whole / bare, 3),
+        }
+        if args.baseline:
+            originals = sorted(p for p in library.iterdir())
+            old, n_old = old_services_images_per_s(clip, originals)
+            out["old_services_images_per_s"] = round(old, 2)
+            out["old_services_images"] = n_old
+            out["ratio_whole_ingest_to_old_services"] = round(whole / old, 3)
+        out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        print(json.dumps(out, indent=2))
+        shutil.rmtree(library, ignore_errors=True)
     return 0
 
 
