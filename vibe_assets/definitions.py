@@ -19,7 +19,7 @@ from vibe_assets.assets import (
     photo_hashes,
     photo_previews,
 )
-from vibe_assets.automation import build_recaption_schedule
+from vibe_assets.automation import build_new_photo_folders_sensor, build_recaption_schedule
 from vibe_assets.collections import CollectionSpec, load_collections
 from vibe_assets.resources import (
     BlipResource,
@@ -119,10 +119,16 @@ def build_definitions(
         cron=env_str("VIBE_RECAPTION_CRON", DEFAULT_RECAPTION_CRON),
         max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
     )
+    new_folders_sensor = build_new_photo_folders_sensor(
+        ingest_job,
+        max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
+        max_folders_per_tick=env_int("VIBE_SENSOR_MAX_FOLDERS_PER_TICK", 2000),
+    )
     return dg.Definitions(
         assets=assets,
         jobs=[ingest_job, caption_job],
         schedules=[schedule],
+        sensors=[new_folders_sensor],
         resources=resources if resources is not None else default_resources(),
     )
 

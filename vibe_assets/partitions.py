@@ -13,7 +13,7 @@ import hashlib
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,13 +64,34 @@ def resolve_folder(path: str | Path) -> Path:
     return p.resolve()
 
 
+def is_within(path: str | Path, root: str | Path) -> bool:
+    """True when ``path`` is ``root`` or lies under it, both resolved (symlinks followed, ``..``
+    removed) first, so a symlink or ``..`` pointing outside ``root`` is outside. Never raises:
+    an unresolvable path is outside."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class Folder:
-    """A registered folder: partition ``key``, absolute ``path``, ``added_at`` (Unix seconds)."""
+    """A registered folder: partition ``key``, absolute ``path``, ``added_at`` (Unix seconds),
+    ``recursive`` (its partition covers subfolders too: folders given to ``vibe-assets``; the
+    ``new_photo_folders`` sensor registers each photo folder on its own, not recursive)."""
 
     key: str
     path: Path
     added_at: float
+    recursive: bool = True
+
+
+_COLUMNS = "key, path, added_at, recursive"
+_INSERT = f"INSERT OR IGNORE INTO folders ({_COLUMNS}) VALUES (?, ?, ?, ?)"
+
+
+def _folder(key: str, path: str, added_at: float, recursive: int) -> Folder:
+    return Folder(key, Path(path), added_at, bool(recursive))
 
 
 class FolderRegistry:
@@ -86,8 +107,12 @@ class FolderRegistry:
         with self._connect() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS folders ("
-                " key TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE, added_at REAL NOT NULL)"
+                " key TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE, added_at REAL NOT NULL,"
+                " recursive INTEGER NOT NULL DEFAULT 1)"
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(folders)")}
+            if "recursive" not in columns:  # registry written by an earlier version
+                db.execute("ALTER TABLE folders ADD COLUMN recursive INTEGER NOT NULL DEFAULT 1")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -98,8 +123,9 @@ class FolderRegistry:
         finally:
             db.close()
 
-    def add(self, path: str | Path) -> Folder:
-        """Register an existing directory (idempotent) and return it.
+    def add(self, path: str | Path, recursive: bool = True) -> Folder:
+        """Register an existing directory (idempotent: an existing entry is kept as it is) and
+        return it; ``recursive``: its partition covers subfolders too.
 
         Raises:
             FolderError: the path does not exist or is not a directory.
@@ -109,23 +135,61 @@ class FolderRegistry:
         now = time.time()
         with self._connect() as db:
             db.execute(
-                "INSERT OR IGNORE INTO folders (key, path, added_at) VALUES (?, ?, ?)",
-                (key, str(abs_path), now),
+                _INSERT,
+                (key, str(abs_path), now, int(recursive)),
             )
         found = self.get(key)
         assert found is not None
         return found
 
+    def add_many(
+        self, paths: Iterable[str | Path], recursive: bool = True
+    ) -> tuple[list[Folder], dict[str, str]]:
+        """Register many existing directories in ONE transaction (idempotent), each
+        ``recursive`` or not (see :class:`Folder`).
+
+        :meth:`add` commits (and syncs the disk) once per folder: ~4 ms each here, 8 s for the
+        sensor's 2,000 new folders per tick; this is one commit.
+
+        Returns:
+            ``(folders, failures)``: the registered folders in input order, and
+            ``{path: reason}`` for paths that are missing, not directories, or not encodable
+            as UTF-8 (SQLite text). Never raises for one bad path.
+        """
+        rows: list[tuple[str, str]] = []
+        failures: dict[str, str] = {}
+        for path in paths:
+            try:
+                abs_path = resolve_folder(path)
+                text = str(abs_path)
+                text.encode("utf-8")
+                rows.append((folder_key(abs_path), text))
+            except (FolderError, OSError, RuntimeError, UnicodeError) as exc:
+                failures[str(path)] = str(exc)
+        now = time.time()
+        found: dict[str, Folder] = {}
+        with self._connect() as db:
+            db.executemany(
+                _INSERT,
+                [(key, text, now, int(recursive)) for key, text in rows],
+            )
+            for i in range(0, len(rows), 500):
+                keys = [key for key, _ in rows[i : i + 500]]
+                marks = ",".join("?" * len(keys))
+                for k, p, a, r in db.execute(
+                    f"SELECT {_COLUMNS} FROM folders WHERE key IN ({marks})", keys
+                ):
+                    found[k] = _folder(k, p, a, r)
+        return [found[key] for key, _ in rows if key in found], failures
+
     def get(self, key: str) -> Folder | None:
         """The folder registered under ``key``, or None."""
         with self._connect() as db:
-            row = db.execute(
-                "SELECT key, path, added_at FROM folders WHERE key = ?", (key,)
-            ).fetchone()
-        return Folder(row[0], Path(row[1]), row[2]) if row else None
+            row = db.execute(f"SELECT {_COLUMNS} FROM folders WHERE key = ?", (key,)).fetchone()
+        return _folder(*row) if row else None
 
-    def path_for(self, key: str) -> Path:
-        """Absolute path registered under ``key``.
+    def require(self, key: str) -> Folder:
+        """The folder registered under ``key``.
 
         Raises:
             FolderError: no folder is registered under that key.
@@ -136,7 +200,11 @@ class FolderRegistry:
                 f"no folder is registered for partition {key!r}; add it with "
                 "`vibe-assets folders add PATH`"
             )
-        return folder.path
+        return folder
+
+    def path_for(self, key: str) -> Path:
+        """Absolute path registered under ``key`` (raises like :meth:`require`)."""
+        return self.require(key).path
 
     def find(self, key_or_path: str | Path) -> Folder | None:
         """Look a folder up by partition key or by path (resolved)."""
@@ -157,10 +225,8 @@ class FolderRegistry:
     def list(self) -> list[Folder]:
         """All registered folders, oldest first."""
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT key, path, added_at FROM folders ORDER BY added_at"
-            ).fetchall()
-        return [Folder(k, Path(p), a) for k, p, a in rows]
+            rows = db.execute(f"SELECT {_COLUMNS} FROM folders ORDER BY added_at").fetchall()
+        return [_folder(*row) for row in rows]
 
 
 def backfill_policy(max_partitions_per_run: int = 32) -> dg.BackfillPolicy:

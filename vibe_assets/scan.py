@@ -55,8 +55,9 @@ def _failure(path: str | Path, err: PhotoError) -> dict[str, str]:
     return {"path": str(path), **err.to_dict()}
 
 
-def scan_folder(root: str | Path) -> ScanResult:
-    """Walk ``root`` recursively with ``os.scandir`` and list candidate image files.
+def scan_folder(root: str | Path, recursive: bool = True) -> ScanResult:
+    """Walk ``root`` with ``os.scandir`` (into subfolders when ``recursive``) and list
+    candidate image files.
 
     Unreadable folders/files are recorded as failures (``ERR_PERMISSION_DENIED``,
     ``ERR_FILE_VANISHED``, ...), never raised. A vanished ``root`` gives an empty result with one
@@ -83,7 +84,10 @@ def scan_folder(root: str | Path) -> ScanResult:
                     result.skipped_symlinks += 1
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+                    if recursive:
+                        stack.append(entry.path)
+                    else:
+                        result.skipped_other += 1
                     continue
                 if not entry.is_file(follow_symlinks=False):
                     result.skipped_other += 1

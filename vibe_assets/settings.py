@@ -6,13 +6,18 @@ Only plain, non-secret settings live here (read when definitions load). Secrets 
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 DEFAULT_VIBE_HOME = "~/.vibe_assets"
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_WEIGHTS = "laion2b_s34b_b79k"
 DEFAULT_COLLECTION = "photos"
+PHOTO_ROOTS_ENV = "VIBE_PHOTO_ROOTS"
+
+log = logging.getLogger(__name__)
 
 
 def vibe_home() -> Path:
@@ -44,3 +49,62 @@ def env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def check_photo_roots(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Validate configured photo roots: ``(usable roots, problems)``.
+
+    Each path has ``~`` expanded and is resolved (a symlinked root is replaced by its target).
+    Kept: absolute paths of existing directories, in the given order, without duplicates. A root
+    inside another kept root is dropped (its folders are walked once, under the outer root).
+    Everything dropped is described in ``problems`` (one human-readable line each); nothing here
+    raises.
+    """
+    roots: list[Path] = []
+    problems: list[str] = []
+    for raw in paths:
+        text = str(raw).strip()
+        if not text:
+            continue
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            problems.append(f"photo root {text!r} is not an absolute path: ignored")
+            continue
+        try:
+            resolved = path.resolve()
+            is_dir = resolved.is_dir()
+        except OSError as exc:
+            problems.append(f"photo root {text!r} cannot be read ({exc}): ignored")
+            continue
+        if not is_dir:
+            what = "is not a directory" if resolved.exists() else "does not exist"
+            problems.append(f"photo root {text!r} {what}: ignored until it appears")
+            continue
+        if resolved in roots:
+            continue
+        outer = next((r for r in roots if resolved.is_relative_to(r)), None)
+        if outer is not None:
+            problems.append(f"photo root {text!r} is inside {str(outer)!r}: walked once, there")
+            continue
+        inner = [r for r in roots if r.is_relative_to(resolved)]
+        for r in inner:
+            problems.append(f"photo root {str(r)!r} is inside {text!r}: walked once, there")
+        roots = [r for r in roots if r not in inner] + [resolved]
+    return roots, problems
+
+
+def photo_roots(raw: str | None = None) -> list[Path]:
+    """Photo roots from ``$VIBE_PHOTO_ROOTS`` (or ``raw``): ``os.pathsep``-separated absolute
+    paths (``:`` on Linux/macOS, ``;`` on Windows), ``~`` expanded.
+
+    Returns:
+        Resolved, existing directories (see :func:`check_photo_roots`); empty when the variable
+        is unset. A missing, relative or nested root is logged as a warning, never raised: a
+        photo drive that is not mounted yet must not break the code location.
+    """
+    if raw is None:
+        raw = os.environ.get(PHOTO_ROOTS_ENV, "")
+    roots, problems = check_photo_roots(raw.split(os.pathsep))
+    for problem in problems:
+        log.warning("%s: %s", PHOTO_ROOTS_ENV, problem)
+    return roots

@@ -64,3 +64,21 @@ def test_registry_rejects_missing_and_non_directories(tmp_path: Path) -> None:
     with pytest.raises(FolderError, match="not a directory"):
         registry.add(tmp_path / "file.jpg")
     assert registry.list() == []
+
+
+def test_sensor_folders_are_not_recursive(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vibe_assets.scan import scan_folder
+
+    parent = tmp_path / "lib"
+    (parent / "child").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(parent / "a.jpg")
+    Image.new("RGB", (8, 8)).save(parent / "child" / "b.jpg")
+    registry = FolderRegistry(tmp_path / "registry.sqlite3")
+    folders, failures = registry.add_many([parent, parent / "child"], recursive=False)
+    assert not failures and [f.recursive for f in folders] == [False, False]
+    assert registry.add(parent).recursive is False  # an existing entry is kept as it is
+    direct = scan_folder(parent, recursive=False)
+    assert [Path(f.path).name for f in direct.files] == ["a.jpg"]
+    assert [Path(f.path).name for f in scan_folder(parent).files] == ["a.jpg", "b.jpg"]

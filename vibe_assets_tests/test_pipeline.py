@@ -249,8 +249,8 @@ def test_vanished_file_is_reported_not_fatal(
 
     real_scan = files_module.scan_folder
 
-    def scan_then_delete(root):
-        result = real_scan(root)
+    def scan_then_delete(root, recursive=True):
+        result = real_scan(root, recursive)
         make_photo(folder / "gone.jpg", seed=2)
         result.files.append(type(result.files[0])(str(folder / "gone.jpg"), 10, 1, 1, "jpeg"))
         os.unlink(folder / "gone.jpg")

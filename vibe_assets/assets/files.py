@@ -17,16 +17,19 @@ from vibe_assets.scan import scan_folder
     kinds={"python"},
 )
 def photo_files(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
-    """Recursive scan of each folder: path, size (bytes), mtime_ns, inode and the format sniffed
-    from the content. Hidden entries and symlinks are skipped; unreadable entries are reported
-    with an error code. The listing is stored per folder in the store (not pickled by Dagster).
+    """Scan of each folder (recursive for folders given to ``vibe-assets``, direct files only for
+    those the ``new_photo_folders`` sensor found): path, size (bytes), mtime_ns, inode and the
+    format sniffed from the content. Hidden entries and symlinks are skipped; unreadable
+    entries are reported with an error code. The listing is stored per folder in the store (not
+    pickled by Dagster).
     """
     start = time.perf_counter()
     files = failed_entries = 0
     failures: list[dict[str, str]] = []
     for key in context.partition_keys:
-        root = store.registry.path_for(key)
-        scan = scan_folder(root)
+        folder = store.registry.require(key)
+        root = folder.path
+        scan = scan_folder(root, recursive=folder.recursive)
         store.set_folder_scan(key, {"root": str(root), **scan.to_json()})
         files += len(scan.files)
         failed_entries += len(scan.failures)
