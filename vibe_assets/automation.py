@@ -326,6 +326,7 @@ def _evaluate_new_photo_folders(
     max_per_run: int,
     max_folders_per_tick: int,
     max_seconds_per_tick: float,
+    asset_selection: Callable[[], Sequence[dg.AssetKey] | None] | None = None,
 ) -> dg.SensorResult:
     started = time.monotonic()
     for problem in root_problems:
@@ -471,10 +472,12 @@ def _evaluate_new_photo_folders(
         return dg.SensorResult(
             skip_reason=f"nothing to ingest; {summary}", cursor=next_cursor.dump()
         )
+    selection = asset_selection() if asset_selection is not None else None
     run_requests = [
         dg.RunRequest(
             run_key=f"{NEW_FOLDERS_SENSOR}:{tick}:{start}:{end}",
             tags={RANGE_START_TAG: start, RANGE_END_TAG: end, TRIGGER_TAG: NEW_FOLDERS_SENSOR},
+            asset_selection=selection,
         )
         for start, end in ranges
     ]
@@ -553,6 +556,7 @@ def build_new_photo_folders_sensor(
     max_seconds_per_tick: float = DEFAULT_SECONDS_PER_TICK,
     minimum_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS,
     default_status: dg.DefaultSensorStatus | None = None,
+    asset_selection: Callable[[], Sequence[dg.AssetKey] | None] | None = None,
 ) -> dg.SensorDefinition:
     """The ``new_photo_folders`` sensor: keeps the folder partitions in step with the photo roots.
 
@@ -595,6 +599,10 @@ def build_new_photo_folders_sensor(
         minimum_interval_seconds: seconds between ticks.
         default_status: None: RUNNING when roots are given or ``VIBE_PHOTO_ROOTS`` is set when
             definitions load (what a photographer who configured roots expects), else STOPPED.
+        asset_selection: called at each tick that requests runs: the assets they materialize
+            (None: the whole job); definitions leave ``blip_captions`` out when captions are off
+            (CPU), so new folders are searchable fast and ``recaption_schedule`` captions them
+            later. A callable, so that probing for a GPU happens in a tick, not at import.
 
     Raises:
         ValueError: ``max_per_run`` or ``max_folders_per_tick`` is below 1.
@@ -636,6 +644,7 @@ def build_new_photo_folders_sensor(
             max_per_run,
             max_folders_per_tick,
             max_seconds_per_tick,
+            asset_selection,
         )
 
     return new_photo_folders

@@ -45,28 +45,6 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta
 
 
-def captions_enabled(flag: bool | None) -> bool:
-    """Whether ingest captions: the flag when given, else ``VIBE_CAPTIONS`` (``on``, ``off`` or
-    ``auto``, the default: on when a CUDA GPU is present, off on CPU where BLIP-base takes ~2 s
-    per image).
-
-    Raises:
-        click.BadParameter: ``VIBE_CAPTIONS`` has another value.
-    """
-    if flag is not None:
-        return flag
-    from vibe_assets.settings import env_str
-
-    mode = env_str("VIBE_CAPTIONS", "auto").lower()
-    if mode not in {"auto", "on", "off"}:
-        raise click.BadParameter(f"VIBE_CAPTIONS must be auto, on or off, got {mode!r}")
-    if mode == "auto":
-        from vibe_assets.resources.clip import pick_device
-
-        return pick_device().startswith("cuda")
-    return mode == "on"
-
-
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
 @click.option(
@@ -85,7 +63,12 @@ def ingest(paths: tuple[str, ...], captions: bool | None, as_json: bool, quiet: 
     JSON array of them. Exits 1 when a run failed, 2 on a usage error (e.g. a PATH that is not a
     directory; nothing is ingested then).
     """
-    with_captions = captions_enabled(captions)
+    from vibe_assets.definitions import captions_enabled
+
+    try:
+        with_captions = captions if captions is not None else captions_enabled()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     registered = [_register(path) for path in paths]
     from vibe_assets.assets import blip_captions
     from vibe_assets.definitions import INGEST_JOB, build_definitions

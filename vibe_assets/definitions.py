@@ -29,6 +29,7 @@ from vibe_assets.resources import (
     StoreResource,
 )
 from vibe_assets.resources.blip import DEFAULT_BLIP_MODEL
+from vibe_assets.resources.device import resolve_device
 from vibe_assets.settings import (
     env_int,
     env_str,
@@ -79,6 +80,21 @@ def default_resources() -> dict[str, Any]:
     }
 
 
+def captions_enabled() -> bool:
+    """Whether ingest runs caption: ``VIBE_CAPTIONS`` = ``on`` | ``off`` | ``auto`` (default:
+    on with a CUDA GPU, off on CPU where BLIP-base takes ~2 s per image; DESIGN.md).
+
+    Raises:
+        ValueError: ``VIBE_CAPTIONS`` has another value.
+    """
+    mode = env_str("VIBE_CAPTIONS", "auto").lower()
+    if mode not in {"auto", "on", "off"}:
+        raise ValueError(f"VIBE_CAPTIONS must be auto, on or off, got {mode!r}")
+    if mode == "auto":
+        return resolve_device("auto").startswith("cuda")
+    return mode == "on"
+
+
 def build_assets(collections: list[CollectionSpec]) -> list[dg.AssetsDefinition]:
     """The ingest chain, scan to Qdrant (captions included), with one ``qdrant_<name>`` asset
     per collection and one ``clip_embeddings`` asset embedding with each distinct model."""
@@ -119,10 +135,12 @@ def build_definitions(
         cron=env_str("VIBE_RECAPTION_CRON", DEFAULT_RECAPTION_CRON),
         max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
     )
+    without_captions = [a.key for a in assets if a is not blip_captions]
     new_folders_sensor = build_new_photo_folders_sensor(
         ingest_job,
         max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
         max_folders_per_tick=env_int("VIBE_SENSOR_MAX_FOLDERS_PER_TICK", 2000),
+        asset_selection=lambda: None if captions_enabled() else without_captions,
     )
     return dg.Definitions(
         assets=assets,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from vibe_assets import definitions
 from vibe_assets.instance import INSTANCE_YAML
@@ -42,3 +43,31 @@ def test_definitions_load_with_partitioned_assets_jobs_and_schedule() -> None:
 
 def test_repo_dagster_yaml_matches_cli_copy() -> None:
     assert (REPO / "dagster.yaml").read_text() == INSTANCE_YAML
+
+
+def test_sensor_runs_leave_captions_out_when_captions_are_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from vibe_assets.resources import StoreResource
+
+    root = tmp_path / "root"
+    (root / "trip").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "trip" / "a.jpg")
+    monkeypatch.setenv("VIBE_PHOTO_ROOTS", str(root))
+    monkeypatch.setenv("VIBE_HOME", str(tmp_path / "home"))
+    for mode, expect_captions in (("off", False), ("on", True)):
+        monkeypatch.setenv("VIBE_CAPTIONS", mode)
+        defs = definitions.build_definitions()
+        sensor = defs.resolve_sensor_def("new_photo_folders")
+        store = StoreResource(home=str(tmp_path / f"home-{mode}"))
+        with (
+            dg.instance_for_test() as instance,
+            dg.build_sensor_context(instance=instance, resources={"store": store}) as context,
+        ):
+            [request] = sensor.evaluate_tick(context).run_requests
+        keys = None if request.asset_selection is None else set(request.asset_selection)
+        has_captions = keys is None or dg.AssetKey("blip_captions") in keys
+        assert has_captions is expect_captions
+        assert keys is None or dg.AssetKey("qdrant_photos") in keys
