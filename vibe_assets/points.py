@@ -31,6 +31,20 @@ _SYNC_FIELDS = ["sha256", "paths", "folder_keys", "caption", "caption_model"]
 _CAPTION_COMPARED = ("caption", "caption_model")
 
 
+def payload_path(path: str) -> str:
+    """``path`` as it is stored in a payload: valid UTF-8 text.
+
+    On Linux a file name is any bytes; Python keeps undecodable ones as lone surrogates
+    (``surrogateescape``), which JSON cannot carry: the Qdrant server client refuses the whole
+    upsert. Such bytes are written as ``\\xNN`` instead; every other path is unchanged.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path
+
+
 def _under(root: str) -> Callable[[str], bool]:
     prefix = root.rstrip(os.sep) + os.sep
     return lambda path: path.startswith(prefix)
@@ -68,6 +82,8 @@ def sync_folder(
 ) -> Counter[str]:
     """Make ``collection`` agree with one folder's current images.
 
+    Paths are stored as :func:`payload_path` gives them.
+
     Args:
         current: ``{sha256: [absolute paths under root]}`` of the images that should have points.
         make_point: builds the full point of a new image from (sha256, its paths in this folder),
@@ -80,7 +96,8 @@ def sync_folder(
         Counter with ``upserted``, ``payload_updated`` (of which ``captioned`` got a new
         caption), ``deleted``, ``unchanged``, ``skipped``.
     """
-    mine = _under(root)
+    mine = _under(payload_path(root))
+    current = {sha: [payload_path(p) for p in paths] for sha, paths in current.items()}
     existing: dict[str, dict[str, Any]] = {
         str(r.id): r.payload or {} for r in _scroll_folder(client, collection, folder_key)
     }

@@ -43,6 +43,7 @@ def test_json_and_embeddings_round_trip(tmp_path: Path) -> None:
     store.cache.set("scan/bad", "{not json")
     assert store.get_json("scan/bad") is None
     vec = np.arange(8, dtype=np.float32)
+    vec /= np.linalg.norm(vec)  # embeddings are unit vectors; anything else reads as corrupt
     store.put_embeddings("m", [("sha", vec)])
     assert store.has_embedding("m", "sha") and not store.has_embedding("other", "sha")
     np.testing.assert_array_equal(store.get_embedding("m", "sha"), vec)

@@ -35,7 +35,10 @@ def require_hashes(store: StoreResource, key: str) -> dict[str, Any]:
     """
     hashes = store.folder_hashes(key)
     if hashes is None:
-        raise dg.Failure(f"no hashes for partition {key!r}: materialize photo_hashes first")
+        raise dg.Failure(
+            f"no hashes for partition {key!r}: materialize photo_hashes first",
+            allow_retries=False,
+        )
     return hashes
 
 
@@ -63,17 +66,65 @@ def decode_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _decode_one(store: StoreResource, sha256: str, paths: list[str]) -> dict[str, Any] | PhotoError:
-    """Decode the first readable path holding these bytes and store preview + thumbnail."""
+Stat = tuple[int, int, int]  # (size, mtime_ns, inode) of a file when it was scanned
+
+
+def _stat_of(entry: dict[str, Any]) -> Stat:
+    return (entry["size"], entry["mtime_ns"], entry["inode"])
+
+
+def _changed_since_hashed(path: str, expected: Stat | None) -> bool:
+    """True when ``path`` no longer has the (size, mtime_ns, inode) it had when it was scanned
+    and hashed (or is gone): its bytes may not be the ones its SHA-256 names."""
+    if expected is None:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return (st.st_size, st.st_mtime_ns, st.st_ino) != expected
+
+
+_CHANGED = "the file changed after it was hashed (being written or replaced?); read again next run"
+
+
+class _Changed(PhotoError):
+    """A failure seen on a file that changed after it was hashed: reported, never cached."""
+
+
+def _decode_one(
+    store: StoreResource,
+    sha256: str,
+    paths: list[str],
+    stats: dict[str, Stat] | None = None,
+) -> dict[str, Any] | PhotoError:
+    """Decode the first readable path holding these bytes and store preview + thumbnail.
+
+    With ``stats`` (``{path: (size, mtime_ns, inode)}`` from the listing), a file that changed
+    between its hashing and the end of its decoding is not trusted: nothing is stored under
+    ``sha256`` (the pixels may be another file's), its failure is not cached, and the next run
+    hashes it again.
+
+    Raises:
+        RuntimeError: the preview cannot be written under the store (e.g. disk full): our
+            problem, not the photo's, so it fails the run instead of being recorded.
+    """
     err: PhotoError | None = None
     for path in paths:
+        expected = (stats or {}).get(path)
         try:
             decoded = decode_photo(path, preview_size=PREVIEW_SIZE)
         except PhotoError as exc:
             err = exc
             if exc.code in TRANSIENT_CODES:
                 continue  # another copy of the same bytes may still be readable
+            if _changed_since_hashed(path, expected):
+                err = _Changed(exc.code, f"{exc.detail}; {_CHANGED}" if exc.detail else _CHANGED)
+                continue
             break
+        if _changed_since_hashed(path, expected):
+            err = _Changed(ErrorCode.ERR_READ_FAILED, _CHANGED)
+            continue
         info = {
             "width": decoded.width,
             "height": decoded.height,
@@ -92,7 +143,7 @@ def _decode_one(store: StoreResource, sha256: str, paths: list[str]) -> dict[str
             raise RuntimeError(f"cannot write preview under {store.root}: {exc}") from exc
         return info
     assert err is not None
-    if err.code not in TRANSIENT_CODES:
+    if err.code not in TRANSIENT_CODES and not isinstance(err, _Changed):
         store.put_decode_failure(sha256, err.to_dict())
     return err
 
@@ -107,14 +158,18 @@ def needs_decode(store: StoreResource, sha256: str) -> bool:
 
 
 def decode_all(
-    context: dg.AssetExecutionContext, store: StoreResource, todo: dict[str, list[str]]
+    context: dg.AssetExecutionContext,
+    store: StoreResource,
+    todo: dict[str, list[str]],
+    stats: dict[str, Stat] | None = None,
 ) -> dict[str, PhotoError]:
-    """Decode ``{sha256: paths}`` in a thread pool; returns this run's failures by sha."""
+    """Decode ``{sha256: paths}`` in a thread pool; returns this run's failures by sha.
+    ``stats``: ``{path: (size, mtime_ns, inode)}`` when hashed (see :func:`_decode_one`)."""
     failures: dict[str, PhotoError] = {}
     start = last_log = time.perf_counter()
 
     def work(item: tuple[str, list[str]]) -> tuple[str, dict[str, Any] | PhotoError]:
-        return item[0], _decode_one(store, *item)
+        return item[0], _decode_one(store, item[0], item[1], stats)
 
     with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
         for done, (sha, result) in enumerate(pool.map(work, todo.items()), start=1):
@@ -170,14 +225,16 @@ def photo_previews(context: dg.AssetExecutionContext, store: StoreResource) -> d
     listings = {key: require_hashes(store, key) for key in context.partition_keys}
     todo: dict[str, list[str]] = {}
     all_shas: list[str] = []
+    stats: dict[str, Stat] = {}
     for hashes in listings.values():
         for sha, paths in paths_by_sha(hashes).items():
             all_shas.append(sha)
             if needs_decode(store, sha):
                 todo.setdefault(sha, []).extend(paths)
+                stats.update((p, _stat_of(hashes["files"][p])) for p in paths)
     todo = {sha: sorted(set(paths)) for sha, paths in todo.items()}
     context.log.info(f"{len(todo)} new images to decode of {_unique(all_shas)} unique")
-    new_failures = decode_all(context, store, todo) if todo else {}
+    new_failures = decode_all(context, store, todo, stats) if todo else {}
 
     processed: list[str] = []
     failures: list[dict[str, str]] = []

@@ -1,6 +1,7 @@
 """``qdrant_<collection>``: one Qdrant point per unique image, synced incrementally."""
 
 import contextlib
+import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -17,11 +18,44 @@ from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.points import READ_BATCH, sync_folder
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.clip import ClipResource
-from vibe_assets.resources.qdrant import QdrantBusyError, QdrantResource, point_id
+from vibe_assets.resources.qdrant import (
+    CollectionMismatchError,
+    QdrantBusyError,
+    QdrantRequestError,
+    QdrantResource,
+    point_id,
+)
 from vibe_assets.resources.store import StoreResource
+from vibe_assets.settings import env_int
 
 BUSY_RETRIES = 5  # the embedded store is busy: retry up to 5 times, 20 s apart
 BUSY_RETRY_SECONDS = 20
+RETRIES_ENV = "VIBE_QDRANT_RETRIES"
+RETRY_DELAY_ENV = "VIBE_QDRANT_RETRY_DELAY_SECONDS"
+DEFAULT_RETRIES = 3
+DEFAULT_RETRY_DELAY_SECONDS = 5.0
+
+
+def qdrant_retry_policy() -> dg.RetryPolicy:
+    """Retry policy of the ``qdrant_<collection>`` steps (read when the assets are built):
+    ``VIBE_QDRANT_RETRIES`` retries (default 3) with exponential backoff from
+    ``VIBE_QDRANT_RETRY_DELAY_SECONDS`` (default 5 s: waits of 5, 15 and 35 s, Dagster's
+    ``(2**n - 1) * delay``) for an unreachable or failing server. Errors that retrying cannot
+    fix (a collection of another vector size, a refused API key) fail at once.
+
+    Raises:
+        ValueError: a variable is set but is not a number (message names it).
+    """
+    raw = os.environ.get(RETRY_DELAY_ENV)
+    try:
+        delay = float(raw) if raw else DEFAULT_RETRY_DELAY_SECONDS
+    except ValueError:
+        raise ValueError(f"{RETRY_DELAY_ENV} must be a number of seconds, got {raw!r}") from None
+    return dg.RetryPolicy(
+        max_retries=max(0, env_int(RETRIES_ENV, DEFAULT_RETRIES)),
+        delay=max(0.0, delay),
+        backoff=dg.Backoff.EXPONENTIAL,
+    )
 
 
 def exif_payload(exif: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +99,15 @@ def _is_unit_vector(vector: object, dim: int) -> bool:
     return abs(float(np.linalg.norm(v)) - 1.0) <= NORM_TOLERANCE
 
 
-def build_qdrant_asset(spec: CollectionSpec) -> dg.AssetsDefinition:
+def build_qdrant_asset(
+    spec: CollectionSpec, retry_policy: dg.RetryPolicy | None = None
+) -> dg.AssetsDefinition:
     """Asset ``qdrant_<collection>`` that syncs each folder partition into that collection.
+
+    A failing server (unreachable, timeout, 5xx) is retried with ``retry_policy`` (default
+    :func:`qdrant_retry_policy`), then the step fails with a message naming the server URL
+    (never the API key); everything computed upstream stays in the store. A busy embedded store
+    (another process holds it) is retried ``BUSY_RETRIES`` times, ``BUSY_RETRY_SECONDS`` apart.
 
     The collection is created on first use with the model's vector size and the configured
     distance; an existing collection with another size or distance fails the run with a clear
@@ -76,6 +117,7 @@ def build_qdrant_asset(spec: CollectionSpec) -> dg.AssetsDefinition:
     """
     collection = spec.name
     key = dg.AssetKey(spec.asset_name)
+    policy = retry_policy or qdrant_retry_policy()
 
     @dg.asset(
         name=spec.asset_name,
@@ -85,6 +127,7 @@ def build_qdrant_asset(spec: CollectionSpec) -> dg.AssetsDefinition:
         group_name="ingest",
         kinds={"qdrant"},
         pool="qdrant",  # the embedded store admits one process at a time (dagster.yaml: limit 1)
+        retry_policy=policy,
         check_specs=[
             dg.AssetCheckSpec(
                 CHECK_POINTS, asset=key, description="every embedded image has a point"
@@ -157,33 +200,43 @@ def build_qdrant_asset(spec: CollectionSpec) -> dg.AssetsDefinition:
                 max_retries=BUSY_RETRIES, seconds_to_wait=BUSY_RETRY_SECONDS
             ) from exc
         expected: dict[str, str] = {}  # point id -> sha of every image that should have a point
-        with contextlib.closing(client):
-            if qdrant.ensure_collection(client, collection, dim, spec.qdrant_distance):
-                context.log.info(f"created collection {collection!r} ({dim}-d, {spec.distance})")
-            for folder_key in context.partition_keys:
-                hashes = require_hashes(store, folder_key)
-                current = {
-                    sha: paths
-                    for sha, paths in paths_by_sha(hashes).items()
-                    if store.preview_info(sha) is not None
-                }
-                counts = sync_folder(
-                    client,
-                    collection,
-                    folder_key,
-                    hashes["root"],
-                    current,
-                    make_point(folder_key),
-                    caption_for,
-                )
-                totals.update(counts)
-                context.log.info(f"{folder_key}: {dict(counts)}")
-                expected.update(
-                    (point_id(sha), sha) for sha in current if store.has_embedding(model_id, sha)
-                )
-            points = client.count(collection, exact=True).count
-            size = client.get_collection(collection).config.params.vectors.size
-            missing, bad_vectors = _check_points(client, collection, expected, dim)
+        attempt = f"attempt {context.retry_number + 1} of {policy.max_retries + 1}"
+        try:
+            with contextlib.closing(client), qdrant.server_errors():
+                if qdrant.ensure_collection(client, collection, dim, spec.qdrant_distance):
+                    made = f"({dim}-d, {spec.distance})"
+                    context.log.info(f"created collection {collection!r} {made}")
+                for folder_key in context.partition_keys:
+                    hashes = require_hashes(store, folder_key)
+                    current = {
+                        sha: paths
+                        for sha, paths in paths_by_sha(hashes).items()
+                        if store.preview_info(sha) is not None
+                    }
+                    counts = sync_folder(
+                        client,
+                        collection,
+                        folder_key,
+                        hashes["root"],
+                        current,
+                        make_point(folder_key),
+                        caption_for,
+                    )
+                    totals.update(counts)
+                    context.log.info(f"{folder_key}: {dict(counts)}")
+                    expected.update(
+                        (point_id(sha), sha)
+                        for sha in current
+                        if store.has_embedding(model_id, sha)
+                    )
+                points = client.count(collection, exact=True).count
+                size = client.get_collection(collection).config.params.vectors.size
+                missing, bad_vectors = _check_points(client, collection, expected, dim)
+        except (CollectionMismatchError, QdrantRequestError) as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from exc  # retrying cannot help
+        except Exception as exc:
+            context.log.warning(f"{collection}: {exc} ({attempt})")
+            raise
         checks = [
             dg.AssetCheckResult(
                 check_name=CHECK_POINTS,

@@ -13,9 +13,11 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from vibe_assets.settings import vibe_home
 
@@ -41,8 +43,30 @@ class QdrantBusyError(RuntimeError):
     """The embedded Qdrant folder is held by another process (retryable)."""
 
 
+class QdrantUnavailableError(RuntimeError):
+    """The Qdrant server cannot be reached, timed out, or answered 5xx/408/429 (retryable)."""
+
+
+class QdrantRequestError(RuntimeError):
+    """The Qdrant server refused a request for a reason retrying does not fix (401, 403, other
+    4xx): the message names the server and the status, never the API key."""
+
+
 class CollectionMismatchError(RuntimeError):
     """An existing collection has another vector size or distance than the configured model."""
+
+
+RETRYABLE_STATUS = {408, 429}  # plus every 5xx
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info, query or fragment (where credentials could hide)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def point_id(sha256: str) -> str:
@@ -72,8 +96,9 @@ class QdrantResource(dg.ConfigurableResource):
 
     @property
     def location(self) -> str:
-        """Human description of where the vectors are (no secrets)."""
-        return self.url if self.url else f"embedded:{self._path()}"
+        """Human description of where the vectors are (no secrets: user info and query are
+        stripped from the URL, the API key is never part of it)."""
+        return redact_url(self.url) if self.url else f"embedded:{self._path()}"
 
     def _path(self) -> Path:
         return Path(self.path).expanduser() if self.path else vibe_home() / "qdrant"
@@ -98,6 +123,37 @@ class QdrantResource(dg.ConfigurableResource):
             raise QdrantBusyError(
                 f"the embedded Qdrant store {path} is in use by another process; retry when it "
                 "is done, or run a Qdrant server (docker compose up -d qdrant) and set QDRANT_URL"
+            ) from exc
+
+    @contextlib.contextmanager
+    def server_errors(self) -> Iterator[None]:
+        """Re-raise qdrant-client's transport and HTTP errors raised in the block as errors that
+        name the server (:attr:`location`) and say whether retrying can help.
+
+        Raises:
+            QdrantUnavailableError: connection refused, timeout, 5xx, 408 or 429 (retryable).
+            QdrantRequestError: any other HTTP error status (401/403: check QDRANT_API_KEY).
+        """
+        try:
+            yield
+        except ResponseHandlingException as exc:
+            source = getattr(exc, "source", exc)
+            raise QdrantUnavailableError(
+                f"Qdrant server {self.location} is unreachable ({type(source).__name__}: "
+                f"{source}); check QDRANT_URL and that the server runs "
+                "(docker compose up -d qdrant)"
+            ) from exc
+        except UnexpectedResponse as exc:
+            status = exc.status_code
+            what = f"HTTP {status} {exc.reason_phrase}".strip()
+            if status is None or status >= 500 or status in RETRYABLE_STATUS:
+                raise QdrantUnavailableError(
+                    f"Qdrant server {self.location} answered {what}; it may be starting, "
+                    "overloaded or out of disk"
+                ) from exc
+            hint = " (check QDRANT_API_KEY)" if status in (401, 403) else ""
+            raise QdrantRequestError(
+                f"Qdrant server {self.location} refused a request: {what}{hint}"
             ) from exc
 
     @contextlib.contextmanager

@@ -35,6 +35,7 @@ from vibe_assets.settings import vibe_home
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE_LIMIT_BYTES = 8 * 2**30  # 8 GiB: ~4M embeddings of 512 float32 plus JSON documents.
+UNIT_NORM_TOLERANCE = 1e-3  # a stored float32 embedding has L2 norm 1 within ~1e-6
 
 
 class UnsafeCacheEntry(ValueError):
@@ -194,8 +195,23 @@ class StoreResource(dg.ConfigurableResource):
 
     # -- per-image (content addressed) ----------------------------------------------------------
     def preview_info(self, sha256: str) -> dict[str, Any] | None:
-        """Decode result of an image: width, height, format, decoder (or None if not decoded)."""
-        return self.get_json(f"preview/{sha256}")
+        """Decode result of an image: width, height, format, decoder (or None if not decoded).
+
+        A record without positive integer ``width``/``height`` and a string ``format`` (corrupt,
+        or written by something else) reads as None, so the image is decoded again.
+        """
+        info = self.get_json(f"preview/{sha256}")
+        if info is None:
+            return None
+        if not (
+            isinstance(info, dict)
+            and all(type(info.get(k)) is int and info[k] > 0 for k in ("width", "height"))
+            and isinstance(info.get("format"), str)
+            and isinstance(info.get("exif", {}), dict)
+        ):
+            log.warning("preview record of %s is malformed: it will be decoded again", sha256)
+            return None
+        return info
 
     def decode_failure(self, sha256: str) -> dict[str, Any] | None:
         """Cached content failure of these bytes: ``{"code", "message"}`` (or None)."""
@@ -231,15 +247,28 @@ class StoreResource(dg.ConfigurableResource):
         return f"embedding/{model_id}/{sha256}"
 
     def get_embedding(self, model_id: str, sha256: str) -> np.ndarray | None:
-        """Stored embedding, ``(D,) float32``, or None."""
-        raw = self._get(self._embedding_key(model_id, sha256))
-        if not isinstance(raw, bytes) or len(raw) == 0 or len(raw) % 4:
+        """Stored embedding, ``(D,) float32`` with L2 norm 1, or None.
+
+        Embeddings are unit vectors; a value that is not one (garbage bytes, a truncated
+        buffer, NaN) reads as None, so the image is embedded again.
+        """
+        key = self._embedding_key(model_id, sha256)
+        raw = self._get(key)
+        if raw is None:
             return None
-        return np.frombuffer(raw, dtype=np.float32)
+        if isinstance(raw, bytes) and len(raw) and len(raw) % 4 == 0:
+            vector = np.frombuffer(raw, dtype=np.float32)
+            with np.errstate(all="ignore"):
+                norm = float(np.linalg.norm(vector.astype(np.float64)))
+            if abs(norm - 1.0) <= UNIT_NORM_TOLERANCE:  # False for NaN and inf
+                return vector
+        log.warning("cache entry %s is not a unit float32 vector: it will be recomputed", key)
+        return None
 
     def has_embedding(self, model_id: str, sha256: str) -> bool:
-        """True when an embedding of ``sha256`` by ``model_id`` is stored."""
-        return self._embedding_key(model_id, sha256) in self.cache
+        """True when a valid embedding of ``sha256`` by ``model_id`` is stored (see
+        :meth:`get_embedding`: a corrupt one does not count)."""
+        return self.get_embedding(model_id, sha256) is not None
 
     def put_embeddings(self, model_id: str, items: Iterable[tuple[str, np.ndarray]]) -> None:
         """Store ``(sha256, (D,) float32)`` pairs in one transaction (one batch at a time)."""
