@@ -6,13 +6,11 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
-from vibe_assets.assets.previews import photo_previews, previewed_shas
-from vibe_assets.batching import prefetch_batches
+from vibe_assets.assets.previews import photo_previews, preview_batches, previewed_shas
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.store import StoreResource
 
-PROGRESS_EVERY_SECONDS = 10.0
 SAMPLE_ROWS = 20  # captions shown in the materialization's sample table
 
 SAMPLE_SCHEMA = dg.TableSchema(
@@ -69,13 +67,11 @@ def blip_captions(
 
     captioned = 0
     samples: list[dg.TableRecord] = []
-    start = last_log = time.perf_counter()
-    for batch in prefetch_batches(todo, load_preview, blip.batch_size):
-        for sha, exc in batch.errors:
-            context.log.warning(f"preview of {sha} unreadable ({exc}); it will be re-decoded")
-            store.forget_preview(sha)
-        if not batch.items:
-            continue
+    start = time.perf_counter()
+    batches = preview_batches(
+        store, todo, load_preview, blip.batch_size, context.log.info, "captioned"
+    )
+    for batch in batches:
         texts = blip.caption(batch.values)
         store.put_captions(model_id, zip(batch.items, texts, strict=True))
         captioned += len(batch.items)
@@ -83,11 +79,6 @@ def blip_captions(
             if len(samples) < SAMPLE_ROWS:
                 thumb = str(store.thumbnail_path(sha))
                 samples.append(dg.TableRecord({"thumbnail": thumb, "caption": text}))
-        now = time.perf_counter()
-        if now - last_log > PROGRESS_EVERY_SECONDS:
-            rate = captioned / (now - start)
-            context.log.info(f"captioned {captioned}/{len(todo)} images ({rate:.2f} img/s)")
-            last_log = now
     seconds = time.perf_counter() - start
     context.log.info(f"captioned {captioned} images in {seconds:.1f} s")
     return dg.MaterializeResult(

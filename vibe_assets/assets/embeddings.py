@@ -9,8 +9,7 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
-from vibe_assets.assets.previews import photo_previews, previewed_shas
-from vibe_assets.batching import prefetch_batches
+from vibe_assets.assets.previews import photo_previews, preview_batches, previewed_shas
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.resources.clip import ClipResource
 from vibe_assets.resources.device import (
@@ -20,7 +19,6 @@ from vibe_assets.resources.device import (
 )
 from vibe_assets.resources.store import StoreResource
 
-PROGRESS_EVERY_SECONDS = 10.0
 DEFAULT_BATCH_SIZE = 32  # CPU: ViT-B-32 is flat from 8 to 32 images per pass (DESIGN.md)
 log_warning = logging.getLogger(__name__)
 
@@ -77,15 +75,10 @@ def embed_previews(
             return loaded.preprocess(im.convert("RGB"))
 
     stats = EmbedStats()
-    start = last_log = time.perf_counter()
+    start = time.perf_counter()
     size = batch_size or clip.batch_size or DEFAULT_BATCH_SIZE
-    for batch in prefetch_batches(shas, load_preview, size):
-        for sha, exc in batch.errors:
-            log(f"preview of {sha} unreadable ({exc}); it will be re-decoded next run")
-            store.forget_preview(sha)
-            stats.missing.append(sha)
-        if not batch.items:
-            continue
+    for batch in preview_batches(store, shas, load_preview, size, log, "embedded"):
+        stats.missing.extend(sha for sha, _ in batch.errors)
         t0 = time.perf_counter()
         stacked = torch.stack(batch.values)
         if device is None:
@@ -95,11 +88,6 @@ def embed_previews(
         stats.model_seconds += time.perf_counter() - t0
         store.put_embeddings(model_id, zip(batch.items, vectors, strict=True))
         stats.embedded += len(batch.items)
-        now = time.perf_counter()
-        if now - last_log > PROGRESS_EVERY_SECONDS:
-            rate = stats.embedded / (now - start)
-            log(f"embedded {stats.embedded}/{len(shas)} images ({rate:.1f} img/s)")
-            last_log = now
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -2,13 +2,14 @@
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
 
 from vibe_assets.assets.hashes import photo_hashes
+from vibe_assets.batching import Batch, prefetch_batches
 from vibe_assets.imaging.decode import decode_photo, encode_preview, encode_thumbnail
 from vibe_assets.imaging.errors import ErrorCode, PhotoError
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
@@ -256,3 +257,34 @@ def photo_previews(context: dg.AssetExecutionContext, store: StoreResource) -> d
             **failure_metadata(failures),
         }
     )
+
+
+def preview_batches(
+    store: StoreResource,
+    shas: Sequence[str],
+    load: Callable[[str], Any],
+    batch_size: int,
+    log: Callable[[str], None],
+    verb: str,
+) -> Iterator[Batch[str, Any]]:
+    """Batches of ``load(sha)`` (a preview opened and prepared for a model), prefetched in a
+    thread pool up to two batches ahead (:func:`vibe_assets.batching.prefetch_batches`).
+
+    A preview that cannot be read is forgotten (the next run decodes it again) and logged; it
+    stays in ``Batch.errors`` for the caller to count, and batches with no readable preview are
+    not yielded. Progress (``"<verb> n/N images (x img/s)"``) is logged every
+    ``PROGRESS_EVERY_SECONDS``.
+    """
+    done = 0
+    start = last_log = time.perf_counter()
+    for batch in prefetch_batches(shas, load, batch_size):
+        for sha, exc in batch.errors:
+            log(f"preview of {sha} unreadable ({exc}); it will be re-decoded next run")
+            store.forget_preview(sha)
+        if batch.items:
+            yield batch
+            done += len(batch.items)
+        now = time.perf_counter()
+        if now - last_log > PROGRESS_EVERY_SECONDS:
+            log(f"{verb} {done}/{len(shas)} images ({done / (now - start):.2f} img/s)")
+            last_log = now
