@@ -20,7 +20,7 @@ from vibe_assets.resources.device import (
 from vibe_assets.resources.store import StoreResource
 
 DEFAULT_BATCH_SIZE = 32  # CPU: ViT-B-32 is flat from 8 to 32 images per pass (DESIGN.md)
-log_warning = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)  # OOM-split warnings
 
 
 def shas_to_embed(
@@ -84,7 +84,7 @@ def embed_previews(
         if device is None:
             vectors = clip.encode_images(stacked)
         else:
-            vectors = device.run_with_oom_split(stacked, clip.encode_images, logger=log_warning)
+            vectors = device.run_with_oom_split(stacked, clip.encode_images, logger=_logger)
         stats.model_seconds += time.perf_counter() - t0
         store.put_embeddings(model_id, zip(batch.items, vectors, strict=True))
         stats.embedded += len(batch.items)
