@@ -5,7 +5,7 @@ Everything lives under ``VIBE_HOME``:
 - ``cache/``: a size-limited `diskcache` (SQLite) holding JSON documents and raw ``bytes``
   (embeddings). Its :class:`SafeDisk` refuses to pickle or unpickle anything, so a planted cache
   entry cannot run code when read: a pickled entry reads as missing and is recomputed.
-- ``previews/ab/<sha256>.jpg`` (long side 512 px) and ``<sha256>.thumb.webp`` (256 px): plain
+- ``previews/ab/<sha256>.jpg`` (long side 512 px) and ``<sha256>.thumb.jpg`` (256 px): plain
   image files, written atomically (temp file + ``os.replace``).
 - ``registry.sqlite3``: the folder registry (:class:`vibe_assets.partitions.FolderRegistry`).
 
@@ -222,8 +222,8 @@ class StoreResource(dg.ConfigurableResource):
         return _sha_dir(self.root / "previews", sha256) / f"{sha256}.jpg"
 
     def thumbnail_path(self, sha256: str) -> Path:
-        """Path of the thumbnail WebP of an image (long side 256 px)."""
-        return _sha_dir(self.root / "previews", sha256) / f"{sha256}.thumb.webp"
+        """Path of the thumbnail JPEG of an image (long side 256 px)."""
+        return _sha_dir(self.root / "previews", sha256) / f"{sha256}.thumb.jpg"
 
     def put_preview(
         self, sha256: str, preview: bytes, thumbnail: bytes, info: dict[str, Any]
