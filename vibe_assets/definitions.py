@@ -13,11 +13,10 @@ import dagster as dg
 
 from vibe_assets.assets import (
     blip_captions,
-    build_clip_embeddings,
+    build_decode_and_embed,
     build_qdrant_asset,
     photo_files,
     photo_hashes,
-    photo_previews,
 )
 from vibe_assets.automation import build_new_photo_folders_sensor, build_recaption_schedule
 from vibe_assets.collections import CollectionSpec, load_collections
@@ -97,12 +96,12 @@ def captions_enabled() -> bool:
 
 def build_assets(collections: list[CollectionSpec]) -> list[dg.AssetsDefinition]:
     """The ingest chain, scan to Qdrant (captions included), with one ``qdrant_<name>`` asset
-    per collection and one ``clip_embeddings`` asset embedding with each distinct model."""
+    per collection, and one ``decode_and_embed`` step (``photo_previews`` and
+    ``clip_embeddings``) embedding with each distinct model."""
     return [
         photo_files,
         photo_hashes,
-        photo_previews,
-        build_clip_embeddings([(c.model, c.weights) for c in collections]),
+        build_decode_and_embed([(c.model, c.weights) for c in collections]),
         blip_captions,
         *(build_qdrant_asset(c) for c in collections),
     ]
@@ -114,7 +113,9 @@ def build_definitions(
     """Definitions for ``collections`` (default :func:`load_collections`) with ``resources``
     (default :func:`default_resources`)."""
     assets = build_assets(collections or load_collections())
-    qdrant_assets = [a for a in assets if a.key.to_user_string().startswith("qdrant_")]
+    qdrant_assets = [
+        a for a in assets if all(k.to_user_string().startswith("qdrant_") for k in a.keys)
+    ]
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
         selection=dg.AssetSelection.assets(*assets),
@@ -135,7 +136,7 @@ def build_definitions(
         cron=env_str("VIBE_RECAPTION_CRON", DEFAULT_RECAPTION_CRON),
         max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
     )
-    without_captions = [a.key for a in assets if a is not blip_captions]
+    without_captions = [k for a in assets if a is not blip_captions for k in a.keys]
     new_folders_sensor = build_new_photo_folders_sensor(
         ingest_job,
         max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),

@@ -147,9 +147,9 @@ class Env:
         if only_captions:
             selection = [blip_captions.key, *(dg.AssetKey(c.asset_name) for c in self.collections)]
         elif captions:
-            selection = [a.key for a in assets]
+            selection = [k for a in assets for k in a.keys]
         else:
-            selection = [a.key for a in assets if a.key != blip_captions.key]
+            selection = [k for a in assets for k in a.keys if k != blip_captions.key]
         kwargs: dict[str, Any] = {"selection": selection}
         if tags is not None:
             kwargs["tags"] = tags

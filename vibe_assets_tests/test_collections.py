@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from vibe_assets.assets import blip_captions, build_clip_embeddings, build_qdrant_asset
+from vibe_assets.assets import blip_captions, build_decode_and_embed, build_qdrant_asset
 from vibe_assets.cli import main
 from vibe_assets.collections import CollectionConfigError, CollectionSpec, load_collections
 from vibe_assets.instance import INSTANCE_YAML
@@ -100,7 +100,7 @@ def test_asset_check_catches_a_bad_vector(env: Env, tmp_path: Path) -> None:
 
 def test_model_steps_are_in_the_gpu_pool_and_the_pool_limit_is_one() -> None:
     specs = [CollectionSpec("photos")]
-    assert build_clip_embeddings([("ViT-B-32", "x")]).op.pool == "gpu"
+    assert build_decode_and_embed([("ViT-B-32", "x")]).op.pool == "gpu"
     assert blip_captions.op.pool == "gpu"
     assert build_qdrant_asset(specs[0]).op.pool == "qdrant"
     config = yaml.safe_load(INSTANCE_YAML)

@@ -126,7 +126,7 @@ resources = {
     "qdrant": QdrantResource(path=str(home / "qdrant")),
 }
 assets = build_assets([CollectionSpec("photos", cfg["model"], cfg["ckpt"])])
-selection = [a.key for a in assets if a.key.to_user_string() != "blip_captions"]
+selection = [k for a in assets for k in a.keys if k.to_user_string() != "blip_captions"]
 instance = dg.DagsterInstance.ephemeral()
 instance.add_dynamic_partitions(PARTITIONS_NAME, [cfg["key"]])
 result = dg.materialize(

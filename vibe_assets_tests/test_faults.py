@@ -217,9 +217,11 @@ def test_disk_full_while_writing_previews_fails_the_run_and_blames_no_photo(
     monkeypatch.setattr(store_module, "atomic_write", disk_full)
     result = env.materialize(key, raise_on_error=False)
     assert not result.success
-    text = failure_text(result, "photo_previews")
+    text = failure_text(result, "decode_and_embed")
     assert "cannot write preview under" in text and "No space left on device" in text
-    assert not step_events(result, "clip_embeddings", "STEP_START")  # nothing downstream ran
+    qdrant_step = env.collections[0].asset_name
+    assert step_events(result, "decode_and_embed", "STEP_START")  # the step ran and failed
+    assert not step_events(result, qdrant_step, "STEP_START")  # nothing downstream ran
     for sha in hashes_by_name(env, key).values():  # the photos are not to blame
         assert env.store.decode_failure(sha) is None and env.store.preview_info(sha) is None
 

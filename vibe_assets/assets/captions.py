@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
-from vibe_assets.assets.previews import photo_previews, preview_batches, previewed_shas
+from vibe_assets.assets.previews import PHOTO_PREVIEWS, preview_batches, previewed_shas
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.store import StoreResource
@@ -29,7 +29,7 @@ def shas_to_caption(
 
 
 @dg.asset(
-    deps=[photo_previews],
+    deps=[PHOTO_PREVIEWS],
     partitions_def=photo_folder_partitions,
     backfill_policy=BACKFILL_POLICY,
     group_name="ingest",

@@ -1,15 +1,37 @@
-"""``clip_embeddings``: CLIP image embeddings of every preview, stored per (model, SHA-256)."""
+"""The ``decode_and_embed`` step: ``photo_previews`` and ``clip_embeddings`` in one step.
 
+Decoding originals into previews and embedding previews with CLIP run as one pipeline: a thread
+pool decodes (and stores) the next batches while the model embeds the current one, so decoding
+hides behind inference instead of adding to it (on a GPU almost entirely; on 2 vCPU partly, as
+decoding and the model share the cores). Either asset can still be materialized alone.
+"""
+
+import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 from PIL import Image
 
-from vibe_assets.assets.previews import photo_previews, preview_batches, previewed_shas
+from vibe_assets.assets.previews import (
+    PHOTO_PREVIEWS,
+    PROGRESS_EVERY_SECONDS,
+    DecodeOutcome,
+    DecodePlan,
+    decode_all,
+    decode_and_store,
+    paths_by_sha,
+    photo_previews_spec,
+    plan_decode,
+    previewed_shas,
+    previews_metadata,
+    require_hashes,
+)
+from vibe_assets.batching import prefetch_batches
+from vibe_assets.imaging.errors import PhotoError
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.resources.clip import ClipResource
 from vibe_assets.resources.device import (
@@ -19,6 +41,8 @@ from vibe_assets.resources.device import (
 )
 from vibe_assets.resources.store import StoreResource
 
+CLIP_EMBEDDINGS = dg.AssetKey("clip_embeddings")
+DECODE_AND_EMBED = "decode_and_embed"  # the op (step) materializing both assets
 DEFAULT_BATCH_SIZE = 32  # CPU: ViT-B-32 is flat from 8 to 32 images per pass (DESIGN.md)
 _logger = logging.getLogger(__name__)  # OOM-split warnings
 
@@ -57,39 +81,12 @@ def embed_previews(
     batch_size: int | None = None,
     device: InferenceDeviceResource | None = None,
 ) -> EmbedStats:
-    """Embed the previews of ``shas`` with ``clip`` and store each batch as soon as it is done.
-
-    Previews are opened and preprocessed in a thread pool up to two batches ahead of the model.
-    A preview that cannot be read is forgotten (the next run re-decodes it) and counted in
-    ``missing``; it never stops the batch. With ``device``, a batch that runs out of memory is
-    split in half and retried instead of failing. ``batch_size`` defaults to
-    ``clip.batch_size`` (32 when that is None).
-    """
-    import torch
-
-    loaded = clip.load()
-    model_id = clip.model_id
-
-    def load_preview(sha: str) -> Any:
-        with Image.open(store.preview_path(sha)) as im:
-            return loaded.preprocess(im.convert("RGB"))
-
-    stats = EmbedStats()
-    start = time.perf_counter()
-    size = batch_size or clip.batch_size or DEFAULT_BATCH_SIZE
-    for batch in preview_batches(store, shas, load_preview, size, log, "embedded"):
-        stats.missing.extend(sha for sha, _ in batch.errors)
-        t0 = time.perf_counter()
-        stacked = torch.stack(batch.values)
-        if device is None:
-            vectors = clip.encode_images(stacked)
-        else:
-            vectors = device.run_with_oom_split(stacked, clip.encode_images, logger=_logger)
-        stats.model_seconds += time.perf_counter() - t0
-        store.put_embeddings(model_id, zip(batch.items, vectors, strict=True))
-        stats.embedded += len(batch.items)
-    stats.seconds = time.perf_counter() - start
-    return stats
+    """Embed the stored previews of ``shas`` with ``clip`` (no decoding): previews are opened
+    and preprocessed in a thread pool up to two batches ahead of the model, and each batch is
+    stored as soon as it is done. See :func:`decode_and_embed_previews`; ``batch_size``
+    defaults to ``clip.batch_size`` (32 when that is None)."""
+    plan = DecodePlan(listings={})
+    return decode_and_embed_previews(store, clip, plan, shas, log, batch_size, device).embed
 
 
 def resolve_batch_size(clip: ClipResource, device: InferenceDeviceResource) -> int:
@@ -105,33 +102,170 @@ def resolve_batch_size(clip: ClipResource, device: InferenceDeviceResource) -> i
     return device.safe_batch_size(clip.model_id, runner, precision)
 
 
+@dataclass
+class DecodeEmbedStats:
+    """What :func:`decode_and_embed_previews` did: ``embed`` (as :class:`EmbedStats`; its
+    ``seconds`` is the wall time of the whole pipeline), ``failures`` (this run's decode failures
+    by SHA-256), ``decoded`` (previews stored) and ``decode_thread_seconds`` (time spent
+    decoding, encoding and storing, summed over the pool's threads)."""
+
+    embed: EmbedStats = field(default_factory=EmbedStats)
+    failures: dict[str, PhotoError] = field(default_factory=dict)
+    decoded: int = 0
+    decode_thread_seconds: float = 0.0
+
+
+def _open_jpeg(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
+
+
+def decode_and_embed_previews(
+    store: StoreResource,
+    clip: ClipResource,
+    plan: DecodePlan,
+    embed_shas: Sequence[str],
+    log: Callable[[str], None] = lambda _: None,
+    batch_size: int | None = None,
+    device: InferenceDeviceResource | None = None,
+) -> DecodeEmbedStats:
+    """Decode ``plan.todo`` and embed ``embed_shas`` with ``clip`` in one pipeline.
+
+    A thread pool (one thread per core) works up to two batches ahead of the model: it decodes
+    an original and stores its preview and thumbnail (:func:`decode_and_store`), then
+    preprocesses that preview for the model; images of ``embed_shas`` that already had a
+    preview are read from the store instead. Embeddings are computed from the stored JPEG
+    preview's pixels either way, so an image's embedding does not depend on which run made it.
+    Each batch's embeddings are stored as soon as they are computed (a crash loses at most one
+    batch), and a batch that runs out of memory is split (with ``device``).
+
+    A photo that cannot be decoded is recorded in ``failures`` and never stops the others; a
+    stored preview that cannot be read is forgotten (re-decoded next run) and counted in
+    ``embed.missing``.
+
+    Raises:
+        PreviewWriteError: a preview cannot be written under the store (e.g. disk full).
+    """
+    import torch
+
+    loaded = clip.load()
+    model_id = clip.model_id
+    wanted = set(embed_shas)
+    items = [*plan.todo, *(sha for sha in embed_shas if sha not in plan.todo)]
+
+    def load(sha: str) -> tuple[DecodeOutcome | None, Any]:
+        if sha in plan.todo:
+            outcome = decode_and_store(store, sha, plan.todo[sha], plan.stats)
+            if outcome.preview is None or sha not in wanted:
+                return outcome, None
+            return outcome, loaded.preprocess(_open_jpeg(outcome.preview))
+        with Image.open(store.preview_path(sha)) as im:
+            return None, loaded.preprocess(im.convert("RGB"))
+
+    out = DecodeEmbedStats()
+    stats = out.embed
+    size = batch_size or clip.batch_size or DEFAULT_BATCH_SIZE
+    start = last_log = time.perf_counter()
+    for batch in prefetch_batches(items, load, size):
+        for sha, exc in batch.errors:
+            if sha in plan.todo:  # PreviewWriteError (ours: fails the run) or a bug: never hidden
+                raise exc
+            log(f"preview of {sha} unreadable ({exc}); it will be re-decoded next run")
+            store.forget_preview(sha)
+            stats.missing.append(sha)
+        shas: list[str] = []
+        tensors: list[Any] = []
+        for sha, (outcome, tensor) in zip(batch.items, batch.values, strict=True):
+            if outcome is not None:
+                out.decode_thread_seconds += outcome.seconds
+                if outcome.error is not None:
+                    out.failures[sha] = outcome.error
+                else:
+                    out.decoded += 1
+            if tensor is not None:
+                shas.append(sha)
+                tensors.append(tensor)
+        if tensors:
+            t0 = time.perf_counter()
+            stacked = torch.stack(tensors)
+            if device is None:
+                vectors = clip.encode_images(stacked)
+            else:
+                vectors = device.run_with_oom_split(stacked, clip.encode_images, logger=_logger)
+            stats.model_seconds += time.perf_counter() - t0
+            store.put_embeddings(model_id, zip(shas, vectors, strict=True))
+            stats.embedded += len(shas)
+        now = time.perf_counter()
+        if now - last_log > PROGRESS_EVERY_SECONDS:
+            log(
+                f"decoded {out.decoded + len(out.failures)}/{len(plan.todo)} "
+                f"({len(out.failures)} failed), embedded {stats.embedded}/{len(wanted)} "
+                f"({stats.embedded / (now - start):.2f} img/s)"
+            )
+            last_log = now
+    stats.seconds = time.perf_counter() - start
+    return out
+
+
+def embeddable_shas(store: StoreResource, plan: DecodePlan, model_id: str) -> tuple[list[str], int]:
+    """Unique SHA-256s, in listing order, that have a preview or are about to be decoded
+    (``plan.todo``) and have no embedding by ``model_id``; and the count already embedded."""
+    todo: list[str] = []
+    cached = 0
+    seen: set[str] = set()
+    for hashes in plan.listings.values():
+        for sha in paths_by_sha(hashes):
+            if sha in seen:
+                continue
+            seen.add(sha)
+            if sha not in plan.todo and store.preview_info(sha) is None:
+                continue  # failed to decode (cached failure)
+            if store.has_embedding(model_id, sha):
+                cached += 1
+            else:
+                todo.append(sha)
+    return todo, cached
+
+
 def _embed_with(
     context: dg.AssetExecutionContext,
     store: StoreResource,
     clip: ClipResource,
     device: InferenceDeviceResource,
-) -> dict[str, Any]:
-    """Embed this run's missing previews with one model; returns that model's metadata."""
+    plan: DecodePlan,
+) -> tuple[dict[str, Any], DecodeEmbedStats | None]:
+    """Decode ``plan.todo`` (if any) while embedding this run's missing images with one model;
+    returns that model's metadata and what was done (None when nothing was)."""
     model_id = clip.model_id
-    todo, cached = shas_to_embed(store, context.partition_keys, model_id)
+    todo, cached = embeddable_shas(store, plan, model_id)
     md: dict[str, Any] = {"model": model_id, "embedded": 0, "from_cache": cached}
     if clip.is_random:
         md["weights_warning"] = "RANDOM WEIGHTS: embeddings are meaningless for search"
     if not todo:
         context.log.info(f"nothing to embed: {cached} images already embedded by {model_id}")
-        return {**md, "model_loaded": False}
+        if not plan.todo:
+            return {**md, "model_loaded": False}, None
+        start = time.perf_counter()
+        failures = decode_all(context, store, plan)
+        done = DecodeEmbedStats(failures=failures, decoded=len(plan.todo) - len(failures))
+        done.embed.seconds = time.perf_counter() - start
+        return {**md, "model_loaded": False}, done
     loaded = clip.load()
     if clip.is_random:
         context.log.warning(f"CLIP {clip.model_name} uses RANDOM WEIGHTS (explicitly requested)")
     batch_size = resolve_batch_size(clip, device)
     context.log.info(
-        f"embedding {len(todo)} images with {model_id} on {loaded.device}, "
-        f"batch size {batch_size} ({cached} already embedded)"
+        f"decoding {len(plan.todo)} and embedding {len(todo)} images with {model_id} on "
+        f"{loaded.device}, batch size {batch_size} ({cached} already embedded)"
     )
-    stats = embed_previews(
-        store, clip, todo, log=context.log.info, batch_size=batch_size, device=device
+    done = decode_and_embed_previews(
+        store, clip, plan, todo, log=context.log.info, batch_size=batch_size, device=device
     )
-    context.log.info(f"embedded {stats.embedded} images ({stats.images_per_s:.1f} img/s)")
+    stats = done.embed
+    context.log.info(
+        f"decoded {done.decoded} ({len(done.failures)} failed), embedded {stats.embedded} "
+        f"images ({stats.images_per_s:.1f} img/s)"
+    )
     return {
         **md,
         "model_loaded": True,
@@ -148,46 +282,101 @@ def _embed_with(
             round(stats.embedded / stats.model_seconds, 2) if stats.model_seconds else 0.0
         ),
         "model_load_seconds": round(loaded.load_seconds, 2),
+    }, done
+
+
+def _combined_metadata(per_model: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(per_model) == 1:
+        return per_model[0]
+    return {
+        "model": ", ".join(md["model"] for md in per_model),
+        "embedded": sum(md["embedded"] for md in per_model),
+        "from_cache": sum(md["from_cache"] for md in per_model),
+        "model_loaded": any(md["model_loaded"] for md in per_model),
+        "by_model": dg.MetadataValue.json(per_model),
     }
 
 
-def build_clip_embeddings(models: list[tuple[str, str]]) -> dg.AssetsDefinition:
-    """The ``clip_embeddings`` asset for the distinct ``(model, weights)`` pairs of the
-    configured collections (embeddings are shared by collections with the same model)."""
+def build_decode_and_embed(models: list[tuple[str, str]]) -> dg.AssetsDefinition:
+    """The ``decode_and_embed`` step materializing ``photo_previews`` and ``clip_embeddings``
+    for the distinct ``(model, weights)`` pairs of the configured collections (embeddings are
+    shared by collections with the same model). Either asset can be materialized alone."""
     models = list(dict.fromkeys(models))
 
-    @dg.asset(
-        name="clip_embeddings",
-        deps=[photo_previews],
-        partitions_def=photo_folder_partitions,
+    @dg.multi_asset(
+        name=DECODE_AND_EMBED,
+        specs=[
+            photo_previews_spec(),
+            dg.AssetSpec(
+                CLIP_EMBEDDINGS,
+                deps=[PHOTO_PREVIEWS],
+                partitions_def=photo_folder_partitions,
+                group_name="ingest",
+                kinds={"pytorch"},
+                description=(
+                    "L2-normalised CLIP image embeddings, (D,) float32 per unique image and "
+                    "model, of the previews not yet embedded by each configured model (one "
+                    "model in memory at a time). New images are decoded in a thread pool ahead "
+                    "of the model, in the same step; each batch is written to the store as soon "
+                    "as it is computed, so a crash loses at most one batch. A model is not "
+                    "loaded when there is nothing for it to embed."
+                ),
+            ),
+        ],
+        can_subset=True,
         backfill_policy=BACKFILL_POLICY,
-        group_name="ingest",
-        kinds={"pytorch"},
         pool="gpu",  # one model-loading step at a time (dagster.yaml: limit 1)
     )
-    def clip_embeddings(
+    def decode_and_embed(
         context: dg.AssetExecutionContext,
         store: StoreResource,
         clip: ClipResource,
         device: InferenceDeviceResource,
-    ) -> dg.MaterializeResult:
-        """L2-normalised CLIP image embeddings, (D,) float32 per unique image and model, of the
-        previews not yet embedded by each configured model (one model in memory at a time).
-        Previews are loaded and preprocessed in a thread pool ahead of the model; each batch is
-        written to the store as soon as it is computed, so a crash loses at most one batch. A
-        model is not loaded when there is nothing for it to embed.
-        """
-        per_model = [_embed_with(context, store, clip.for_model(m, w), device) for m, w in models]
-        if len(per_model) == 1:
-            return dg.MaterializeResult(metadata=per_model[0])
-        return dg.MaterializeResult(
-            metadata={
-                "model": ", ".join(md["model"] for md in per_model),
-                "embedded": sum(md["embedded"] for md in per_model),
-                "from_cache": sum(md["from_cache"] for md in per_model),
-                "model_loaded": any(md["model_loaded"] for md in per_model),
-                "by_model": dg.MetadataValue.json(per_model),
-            }
-        )
+    ) -> Iterator[dg.MaterializeResult]:
+        """Decode new originals into previews and embed them while decoding (see module)."""
+        selected = context.selected_asset_keys
+        start = time.perf_counter()
+        if PHOTO_PREVIEWS in selected:
+            plan = plan_decode(store, context.partition_keys)
+            context.log.info(f"{len(plan.todo)} new images to decode of {plan.unique} unique")
+        else:  # embeddings only: previews made by earlier runs
+            listings = {k: require_hashes(store, k) for k in context.partition_keys}
+            plan = DecodePlan(listings=listings)
+        failures: dict[str, PhotoError] = {}
+        thread_seconds = 0.0
+        if CLIP_EMBEDDINGS not in selected:
+            failures = decode_all(context, store, plan) if plan.todo else {}
+        per_model: list[dict[str, Any]] = []
+        for model, weights in models if CLIP_EMBEDDINGS in selected else []:
+            md, done = _embed_with(context, store, clip.for_model(model, weights), device, plan)
+            per_model.append(md)
+            if plan.todo:  # the first model's pass decoded everything: report it now
+                failures = done.failures if done else {}
+                thread_seconds = done.decode_thread_seconds if done else 0.0
+                if PHOTO_PREVIEWS in selected:
+                    yield _previews_result(context, store, plan, failures, start, thread_seconds)
+                plan = DecodePlan(listings=plan.listings)  # decoded: the next models only embed
+                selected = selected - {PHOTO_PREVIEWS}
+        if PHOTO_PREVIEWS in selected:
+            yield _previews_result(context, store, plan, failures, start, thread_seconds)
+        if CLIP_EMBEDDINGS in selected:
+            yield dg.MaterializeResult(
+                asset_key=CLIP_EMBEDDINGS, metadata=_combined_metadata(per_model)
+            )
 
-    return clip_embeddings
+    return decode_and_embed
+
+
+def _previews_result(
+    context: dg.AssetExecutionContext,
+    store: StoreResource,
+    plan: DecodePlan,
+    failures: dict[str, PhotoError],
+    start: float,
+    thread_seconds: float,
+) -> dg.MaterializeResult:
+    md = previews_metadata(context, store, plan, failures, time.perf_counter() - start)
+    if thread_seconds and plan.todo:
+        md["decode_ms_per_image"] = round(1000 * thread_seconds / len(plan.todo), 1)
+    context.log.info(f"{md['files_processed']} files processed, {md['failed'].value} failed")
+    return dg.MaterializeResult(asset_key=PHOTO_PREVIEWS, metadata=md)

@@ -1,21 +1,27 @@
-"""``photo_previews``: decode each new image once into a preview and a thumbnail."""
+"""``photo_previews``: decode each new image once into a preview and a thumbnail.
+
+The asset itself is materialized by the ``decode_and_embed`` step
+(:mod:`vibe_assets.assets.embeddings`), which hides decoding behind CLIP inference; this module
+holds the decode stage: what to decode, decoding and storing one image, and the run's file report.
+"""
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
-from vibe_assets.assets.hashes import photo_hashes
 from vibe_assets.batching import Batch, prefetch_batches
 from vibe_assets.imaging.decode import decode_photo, encode_preview, encode_thumbnail
 from vibe_assets.imaging.errors import ErrorCode, PhotoError
-from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
+from vibe_assets.partitions import photo_folder_partitions
 from vibe_assets.report import failure_metadata
 from vibe_assets.resources.store import StoreResource
 
+PHOTO_PREVIEWS = dg.AssetKey("photo_previews")
 PREVIEW_SIZE = 512  # px, long side; CLIP (224 px) and BLIP (384 px) inputs both fit under it.
 THUMBNAIL_SIZE = 256  # px, long side.
 PROGRESS_EVERY_SECONDS = 10.0
@@ -93,23 +99,40 @@ class _Changed(PhotoError):
     """A failure seen on a file that changed after it was hashed: reported, never cached."""
 
 
-def _decode_one(
+class PreviewWriteError(RuntimeError):
+    """A preview cannot be written under the store (e.g. disk full): our problem, not the
+    photo's, so it fails the run instead of being recorded against the file."""
+
+
+@dataclass(frozen=True)
+class DecodeOutcome:
+    """What :func:`decode_and_store` did with one image: ``info`` (the stored preview record:
+    width, height, format, decoder, exif) and ``preview`` (the stored preview's JPEG bytes) on
+    success, else ``error``; ``seconds`` of wall time spent on it (decode, encode, store)."""
+
+    info: dict[str, Any] | None = None
+    preview: bytes | None = None
+    error: PhotoError | None = None
+    seconds: float = 0.0
+
+
+def decode_and_store(
     store: StoreResource,
     sha256: str,
     paths: list[str],
     stats: dict[str, Stat] | None = None,
-) -> dict[str, Any] | PhotoError:
+) -> DecodeOutcome:
     """Decode the first readable path holding these bytes and store preview + thumbnail.
 
     With ``stats`` (``{path: (size, mtime_ns, inode)}`` from the listing), a file that changed
     between its hashing and the end of its decoding is not trusted: nothing is stored under
     ``sha256`` (the pixels may be another file's), its failure is not cached, and the next run
-    hashes it again.
+    hashes it again. A content failure (not transient, file unchanged) is cached by hash.
 
     Raises:
-        RuntimeError: the preview cannot be written under the store (e.g. disk full): our
-            problem, not the photo's, so it fails the run instead of being recorded.
+        PreviewWriteError: the preview cannot be written under the store (e.g. disk full).
     """
+    start = time.perf_counter()
     err: PhotoError | None = None
     for path in paths:
         expected = (stats or {}).get(path)
@@ -133,20 +156,18 @@ def _decode_one(
             "decoder": decoded.decoder,
             "exif": decoded.exif,
         }
+        preview = encode_preview(decoded.image)
         try:
             store.put_preview(
-                sha256,
-                encode_preview(decoded.image),
-                encode_thumbnail(decoded.image, THUMBNAIL_SIZE),
-                info,
+                sha256, preview, encode_thumbnail(decoded.image, THUMBNAIL_SIZE), info
             )
         except OSError as exc:  # e.g. disk full under VIBE_HOME: a problem of ours, not the file's
-            raise RuntimeError(f"cannot write preview under {store.root}: {exc}") from exc
-        return info
+            raise PreviewWriteError(f"cannot write preview under {store.root}: {exc}") from exc
+        return DecodeOutcome(info=info, preview=preview, seconds=time.perf_counter() - start)
     assert err is not None
     if err.code not in TRANSIENT_CODES and not isinstance(err, _Changed):
         store.put_decode_failure(sha256, err.to_dict())
-    return err
+    return DecodeOutcome(error=err, seconds=time.perf_counter() - start)
 
 
 def needs_decode(store: StoreResource, sha256: str) -> bool:
@@ -158,28 +179,61 @@ def needs_decode(store: StoreResource, sha256: str) -> bool:
     return not store.preview_path(sha256).is_file()
 
 
+@dataclass
+class DecodePlan:
+    """The decode work of a run: ``listings`` (``{partition key: photo_hashes listing}``),
+    ``todo`` (``{sha256: [paths holding those bytes]}`` with neither a preview nor a cached
+    content failure), ``stats`` (``{path: (size, mtime_ns, inode)}`` when hashed) and
+    ``unique`` (unique images in the partitions)."""
+
+    listings: dict[str, dict[str, Any]]
+    todo: dict[str, list[str]] = field(default_factory=dict)
+    stats: dict[str, Stat] = field(default_factory=dict)
+    unique: int = 0
+
+
+def plan_decode(store: StoreResource, partition_keys: Sequence[str]) -> DecodePlan:
+    """What to decode for these partitions (see :class:`DecodePlan`).
+
+    Raises:
+        dg.Failure: ``photo_hashes`` has not been materialized for one of the partitions.
+    """
+    plan = DecodePlan(listings={key: require_hashes(store, key) for key in partition_keys})
+    all_shas: set[str] = set()
+    for hashes in plan.listings.values():
+        for sha, paths in paths_by_sha(hashes).items():
+            all_shas.add(sha)
+            if needs_decode(store, sha):
+                plan.todo.setdefault(sha, []).extend(paths)
+                plan.stats.update((p, _stat_of(hashes["files"][p])) for p in paths)
+    plan.todo = {sha: sorted(set(paths)) for sha, paths in plan.todo.items()}
+    plan.unique = len(all_shas)
+    return plan
+
+
 def decode_all(
-    context: dg.AssetExecutionContext,
-    store: StoreResource,
-    todo: dict[str, list[str]],
-    stats: dict[str, Stat] | None = None,
+    context: dg.AssetExecutionContext, store: StoreResource, plan: DecodePlan
 ) -> dict[str, PhotoError]:
-    """Decode ``{sha256: paths}`` in a thread pool; returns this run's failures by sha.
-    ``stats``: ``{path: (size, mtime_ns, inode)}`` when hashed (see :func:`_decode_one`)."""
+    """Decode ``plan.todo`` in a thread pool (one thread per core); returns this run's failures
+    by sha. Progress is logged every ``PROGRESS_EVERY_SECONDS`` and at the end.
+
+    Raises:
+        PreviewWriteError: a preview cannot be written under the store.
+    """
     failures: dict[str, PhotoError] = {}
     start = last_log = time.perf_counter()
 
-    def work(item: tuple[str, list[str]]) -> tuple[str, dict[str, Any] | PhotoError]:
-        return item[0], _decode_one(store, item[0], item[1], stats)
+    def work(item: tuple[str, list[str]]) -> tuple[str, DecodeOutcome]:
+        return item[0], decode_and_store(store, item[0], item[1], plan.stats)
 
     with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
-        for done, (sha, result) in enumerate(pool.map(work, todo.items()), start=1):
-            if isinstance(result, PhotoError):
-                failures[sha] = result
+        for done, (sha, outcome) in enumerate(pool.map(work, plan.todo.items()), start=1):
+            if outcome.error is not None:
+                failures[sha] = outcome.error
             now = time.perf_counter()
-            if now - last_log > PROGRESS_EVERY_SECONDS or done == len(todo):
+            if now - last_log > PROGRESS_EVERY_SECONDS or done == len(plan.todo):
                 context.log.info(
-                    f"decoded {done}/{len(todo)} images ({done / (now - start):.1f} img/s), "
+                    f"decoded {done}/{len(plan.todo)} images ({done / (now - start):.1f} img/s), "
                     f"{len(failures)} failed"
                 )
                 last_log = now
@@ -204,58 +258,52 @@ def folder_report(
     return processed, failures
 
 
-def _unique(shas: Iterable[str]) -> int:
-    return len(set(shas))
-
-
-@dg.asset(
-    deps=[photo_hashes],
-    partitions_def=photo_folder_partitions,
-    backfill_policy=BACKFILL_POLICY,
-    group_name="ingest",
-    kinds={"python"},
-)
-def photo_previews(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
-    """One upright sRGB preview (JPEG, long side 512 px) and thumbnail (WebP, 256 px) per unique
-    image, decoded once from the original (JPEG at reduced scale, RAW from its embedded preview
-    when large enough) and stored by SHA-256. Undecodable files get a structured error code;
-    content failures are cached by hash, so a file is retried only when its bytes change. This
-    asset's metadata is the run's file report: every file is processed or failed with a code.
-    """
-    start = time.perf_counter()
-    listings = {key: require_hashes(store, key) for key in context.partition_keys}
-    todo: dict[str, list[str]] = {}
-    all_shas: list[str] = []
-    stats: dict[str, Stat] = {}
-    for hashes in listings.values():
-        for sha, paths in paths_by_sha(hashes).items():
-            all_shas.append(sha)
-            if needs_decode(store, sha):
-                todo.setdefault(sha, []).extend(paths)
-                stats.update((p, _stat_of(hashes["files"][p])) for p in paths)
-    todo = {sha: sorted(set(paths)) for sha, paths in todo.items()}
-    context.log.info(f"{len(todo)} new images to decode of {_unique(all_shas)} unique")
-    new_failures = decode_all(context, store, todo, stats) if todo else {}
-
+def previews_metadata(
+    context: dg.AssetExecutionContext,
+    store: StoreResource,
+    plan: DecodePlan,
+    new_failures: dict[str, PhotoError],
+    seconds: float,
+) -> dict[str, Any]:
+    """The ``photo_previews`` materialization metadata, which is the run's file report: every
+    file processed or failed with a code (``files_processed``, ``failed``, ``failed_by_code``,
+    ``failures`` table, ``failures_json``), plus ``unique_images``, ``decoded``, ``from_cache``
+    and ``decode_seconds`` (wall seconds, ``seconds``). Logs one line per partition with
+    failures."""
     processed: list[str] = []
     failures: list[dict[str, str]] = []
-    for key, hashes in listings.items():
+    for key, hashes in plan.listings.items():
         ok, bad = folder_report(store, hashes, new_failures)
         processed.extend(ok)
         failures.extend(bad)
-        context.log.info(f"{key}: {len(ok)} files processed, {len(bad)} failed")
-    seconds = time.perf_counter() - start
-    decoded = len(todo) - len(new_failures)
-    return dg.MaterializeResult(
-        metadata={
-            "files_processed": len(processed),
-            "unique_images": _unique(all_shas),
-            "decoded": decoded,
-            "from_cache": _unique(all_shas) - len(todo),
-            "decode_seconds": round(seconds, 3),
-            "decode_images_per_s": round(len(todo) / seconds, 2) if todo and seconds else 0.0,
-            **failure_metadata(failures),
-        }
+        if bad:
+            context.log.info(f"{key}: {len(ok)} files processed, {len(bad)} failed")
+    return {
+        "files_processed": len(processed),
+        "unique_images": plan.unique,
+        "decoded": len(plan.todo) - len(new_failures),
+        "from_cache": plan.unique - len(plan.todo),
+        "decode_seconds": round(seconds, 3),
+        **failure_metadata(failures),
+    }
+
+
+def photo_previews_spec() -> dg.AssetSpec:
+    """The ``photo_previews`` asset (materialized by the ``decode_and_embed`` step)."""
+    return dg.AssetSpec(
+        PHOTO_PREVIEWS,
+        deps=["photo_hashes"],
+        partitions_def=photo_folder_partitions,
+        group_name="ingest",
+        kinds={"python"},
+        description=(
+            "One upright sRGB preview (JPEG, long side 512 px) and thumbnail (JPEG, 256 px) per "
+            "unique image, decoded once from the original (JPEG at reduced scale, RAW from its "
+            "embedded preview when large enough) and stored by SHA-256. Undecodable files get a "
+            "structured error code; content failures are cached by hash, so a file is retried "
+            "only when its bytes change. This asset's metadata is the run's file report: every "
+            "file is processed or failed with a code."
+        ),
     )
 
 
