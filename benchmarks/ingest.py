@@ -1,6 +1,6 @@
 """Ingest throughput against the bare model and the old services' pipeline, in one run.
 
-    python benchmarks/ingest.py FOLDER [FOLDER ...] [--copies 4] [--baseline]
+    python benchmarks/ingest.py FOLDER [FOLDER ...] [--copies 4] [--baseline] [--repeat 3]
                                 [--model ViT-B-32] [--weights random] [--batch-size 32]
 
 1. Builds a temporary library from FOLDERs' files, ``--copies`` times, each copy made unique by
@@ -10,11 +10,14 @@
    (captions off) through the real Dagster assets into a temporary VIBE_HOME and embedded
    Qdrant, after a warm-up ingest of two generated images (imports, instance, collection:
    process start-up); images/s excludes the model load (done before decoding starts), which is
-   reported apart. ``decode_ms_per_image`` is decode + preview/thumbnail encode + store time per
-   image, measured inside the decode threads while the model was running beside them.
+   reported apart. Repeated ``--repeat`` times on fresh copies (this VM's timings vary by 10-20 %
+   from run to run); the median counts. Each run lists its steps' wall seconds, and
+   ``decode_ms_per_image``: decode + preview/thumbnail encode + store + preprocessing time per
+   image, measured inside the decode threads.
 3. **Bare model**: the same model on the same previews, preprocessed beforehand: forward passes
-   only, timed before and after step 4 and averaged.
-4. **Embed stage**: `embed_previews` on those previews (preview files in -> vectors stored).
+   only. Timed ``--repeat + 1`` times, alternating with step 4; the median counts.
+4. **Embed stage**: `embed_previews` on those previews (preview files in -> vectors stored),
+   ``--repeat`` times; the median counts.
 5. With ``--baseline``, **old services' pipeline** on the same files and model: full-size
    decode of every original (RAW: full ``postprocess()``, done twice as the old services did),
    sequential preprocessing, batches of 8.
@@ -30,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -57,9 +61,10 @@ from vibe_assets.resources import (
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def build_library(folders: list[Path], copies: int, dest: Path) -> int:
-    """Copy every file of ``folders`` into ``dest`` ``copies`` times with unique trailing bytes;
-    returns the number of files written."""
+def build_library(folders: list[Path], copies: int, dest: Path, salt: str = "") -> int:
+    """Copy every file of ``folders`` into ``dest`` ``copies`` times with unique trailing bytes
+    (``salt`` makes libraries built for different repeats distinct too); returns the number of
+    files written."""
     dest.mkdir(parents=True)
     n = 0
     for folder in folders:
@@ -67,9 +72,25 @@ def build_library(folders: list[Path], copies: int, dest: Path) -> int:
             data = src.read_bytes()
             for c in range(copies):
                 out = dest / f"{c:03d}_{src.name}"
-                out.write_bytes(data + (b"" if c == 0 else f"vibe-copy-{c}".encode()))
+                tag = f"{salt}{c}" if salt or c else ""
+                out.write_bytes(data + (f"vibe-copy-{tag}".encode() if tag else b""))
                 n += 1
     return n
+
+
+def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """Wall seconds of each step of a run, from its STEP_START / STEP_SUCCESS events."""
+    starts: dict[str, float] = {}
+    out: dict[str, float] = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[event.step_key] = entry.timestamp
+        elif event.event_type_value == "STEP_SUCCESS":
+            out[event.step_key] = round(entry.timestamp - starts[event.step_key], 3)
+    return out
 
 
 def bare_model_images_per_s(clip: ClipResource, tensors: list[torch.Tensor], bs: int) -> float:
@@ -118,12 +139,13 @@ def main() -> int:
     parser.add_argument("--weights", default="random")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--baseline", action="store_true", help="also run the old pipeline")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="whole-ingest runs (new copies each); median"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
     with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
-        library = Path(tmp) / "library"
-        n_files = build_library(args.folders, args.copies, library)
         home = Path(tmp) / "home"
         store = StoreResource(home=str(home))
         clip = ClipResource(model_name=args.model, weights=args.weights, batch_size=args.batch_size)
@@ -137,47 +159,59 @@ def main() -> int:
         }
         assets = build_assets([spec])
         selection = [k for a in assets for k in a.keys if k.to_user_string() != "blip_captions"]
+
+        def ingest(folder: Path) -> tuple[float, dg.ExecuteInProcessResult]:
+            key = store.registry.add(folder).key
+            instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
+            t0 = time.perf_counter()
+            result = dg.materialize(
+                assets,
+                selection=selection,
+                resources=resources,
+                partition_key=key,
+                instance=instance,
+                run_config=QUIET,
+            )
+            return time.perf_counter() - t0, result
+
         # Warm-up ingest of two generated images: imports (open_clip alone takes 4-8 s), the
         # Dagster instance and the Qdrant collection are process start-up, not ingest.
         warm = Path(tmp) / "warm-up"
         warm.mkdir()
         for i in range(2):
             Image.new("RGB", (640, 480), (40 * i, 90, 160)).save(warm / f"{i}.jpg")
-        warm_key = store.registry.add(warm).key
-        key = store.registry.add(library).key
-        instance.add_dynamic_partitions(PARTITIONS_NAME, [warm_key, key])
-        dg.materialize(
-            assets,
-            selection=selection,
-            resources=resources,
-            partition_key=warm_key,
-            instance=instance,
-            run_config=QUIET,
-        )
-        t0 = time.perf_counter()
-        result = dg.materialize(
-            assets,
-            selection=selection,
-            resources=resources,
-            partition_key=key,
-            instance=instance,
-            run_config=QUIET,
-        )
-        ingest_seconds = time.perf_counter() - t0
-        md = {
-            e.step_materialization_data.materialization.asset_key.to_user_string(): {
-                k: v.value for k, v in e.step_materialization_data.materialization.metadata.items()
+        ingest(warm)
+
+        runs = []
+        for r in range(args.repeat):
+            library = Path(tmp) / f"library{r}"
+            n_files = build_library(args.folders, args.copies, library, salt=f"r{r}-" if r else "")
+            ingest_seconds, result = ingest(library)
+            md = {
+                e.step_materialization_data.materialization.asset_key.to_user_string(): {
+                    k: v.value
+                    for k, v in e.step_materialization_data.materialization.metadata.items()
+                }
+                for e in result.get_asset_materialization_events()
             }
-            for e in result.get_asset_materialization_events()
-        }
-        embed_md = md["clip_embeddings"]
-        load_seconds = embed_md.get("model_load_seconds", 0.0)
+            load_seconds = md["clip_embeddings"].get("model_load_seconds", 0.0)
+            runs.append(
+                {
+                    "seconds": round(ingest_seconds, 2),
+                    "model_load_seconds": load_seconds,
+                    "images_per_s": round(
+                        md["clip_embeddings"]["embedded"] / (ingest_seconds - load_seconds), 2
+                    ),
+                    "steps_seconds": step_seconds(instance, result.run_id),
+                    "decode_ms_per_image": md["photo_previews"].get("decode_ms_per_image"),
+                    "model_images_per_s": md["clip_embeddings"].get("model_images_per_s"),
+                }
+            )
         images = md["photo_previews"]["unique_images"]
-        ingested = embed_md["embedded"]
-        whole = ingested / (ingest_seconds - load_seconds)
+        whole = statistics.median(r["images_per_s"] for r in runs)
 
         # Same previews: bare model vs our embed stage (model loaded and warm here).
-        shas, _ = shas_to_embed(store, [key], "none/for-listing")
+        shas, _ = shas_to_embed(store, [store.registry.add(library).key], "none/for-listing")
         loaded = clip.load()
         tensors = []
         for sha in shas:
@@ -185,10 +219,14 @@ def main() -> int:
                 tensors.append(loaded.preprocess(im.convert("RGB")))
         bs = args.batch_size
         clip.encode_images(torch.stack(tensors[:bs]))  # warm-up
-        bare_before = bare_model_images_per_s(clip, tensors, bs)
-        stats = embed_previews(store, clip, shas, batch_size=bs)
-        bare_after = bare_model_images_per_s(clip, tensors, bs)
-        bare = (bare_before + bare_after) / 2
+        bare_runs: list[float] = []
+        embed_runs: list[float] = []
+        for _ in range(args.repeat):  # alternated, so both see the same machine weather
+            bare_runs.append(bare_model_images_per_s(clip, tensors, bs))
+            embed_runs.append(embed_previews(store, clip, shas, batch_size=bs).images_per_s)
+        bare_runs.append(bare_model_images_per_s(clip, tensors, bs))
+        bare = statistics.median(bare_runs)
+        embed = statistics.median(embed_runs)
 
         out = {
             "folders": [str(f) for f in args.folders],
@@ -200,25 +238,24 @@ def main() -> int:
             "batch_size": bs,
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
-            "whole_ingest_seconds": round(ingest_seconds, 2),
-            "model_load_seconds": load_seconds,
-            "decode_ms_per_image": md["photo_previews"].get("decode_ms_per_image"),
+            "whole_ingest_runs": runs,
             "whole_ingest_images_per_s": round(whole, 2),
-            "embed_stage_images_per_s": round(stats.images_per_s, 2),
+            "embed_stage_images_per_s": round(embed, 2),
+            "embed_stage_images_per_s_runs": [round(x, 2) for x in embed_runs],
             "bare_model_images_per_s": round(bare, 2),
-            "bare_model_images_per_s_runs": [round(bare_before, 2), round(bare_after, 2)],
-            "ratio_embed_stage_to_bare": round(stats.images_per_s / bare, 3),
+            "bare_model_images_per_s_runs": [round(x, 2) for x in bare_runs],
+            "ratio_embed_stage_to_bare": round(embed / bare, 3),
             "ratio_whole_ingest_to_bare": round(whole / bare, 3),
         }
         if args.baseline:
-            originals = sorted(p for p in library.iterdir())
+            originals = sorted(p for p in (Path(tmp) / "library0").iterdir())
             old, n_old = old_services_images_per_s(clip, originals)
             out["old_services_images_per_s"] = round(old, 2)
             out["old_services_images"] = n_old
             out["ratio_whole_ingest_to_old_services"] = round(whole / old, 3)
         out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(out, indent=2))
-        shutil.rmtree(library, ignore_errors=True)
+        shutil.rmtree(Path(tmp) / "library0", ignore_errors=True)
     return 0
 
 

@@ -41,11 +41,17 @@ def prefetch_batches(
     workers: int | None = None,
     prefetch: int = 2,
 ) -> Iterator[Batch[T, R]]:
-    """Yield batches of ``load(item)`` results, loading up to ``prefetch`` batches ahead in a
-    thread pool of ``workers`` threads (default: one per core).
+    """Yield batches of ``load(item)`` results, loaded in a thread pool of ``workers`` threads
+    (default: one per core), ``prefetch`` batches ahead of the consumer.
+
+    With ``prefetch`` >= 1, the next batches load while the consumer works on the current one
+    (the host prepares while the model computes). With 0, a batch is loaded, by all workers,
+    only when the consumer asks for it: nothing loads beside the consumer.
 
     A loader exception is reported in ``Batch.errors`` and never stops the other items.
     """
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be >= 0, got {prefetch}")
     batches = chunked(items, batch_size)
     with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:
         pending: deque[tuple[Sequence[T], list[Future[R]]]] = deque()
@@ -55,11 +61,13 @@ def prefetch_batches(
             if chunk is not None:
                 pending.append((chunk, [pool.submit(load, item) for item in chunk]))
 
-        for _ in range(prefetch + 1):
+        for _ in range(prefetch):
             submit_next()
-        while pending:
+        while True:
+            submit_next()  # keeps ``prefetch`` batches loading beyond the one about to be used
+            if not pending:
+                return
             chunk, futures = pending.popleft()
-            submit_next()
             batch: Batch[T, R] = Batch()
             for item, future in zip(chunk, futures, strict=True):
                 try:

@@ -66,3 +66,30 @@ def test_random_weights_only_when_asked_and_loud(tiny_clip_checkpoint: Path) -> 
             again.load().model.state_dict()["visual.proj"],
             clip.load().model.state_dict()["visual.proj"],
         )
+
+
+def test_split_preprocess_gives_the_same_batch(tiny_clip_checkpoint: Path) -> None:
+    """PIL steps in loader threads + batched normalisation == open_clip's own preprocess."""
+    loaded = ClipResource(model_name=TINY_CLIP, weights=str(tiny_clip_checkpoint)).load()
+    prepare, to_batch = loaded.split_preprocess()
+    rng = np.random.default_rng(3)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+        for w, h in [(100, 80), (37, 240), (512, 341)]
+    ]
+    images.append(images[0].convert("L"))  # a grey preview still becomes 3 channels
+    arrays = [prepare(im) for im in images]
+    assert all(a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 for a in arrays)
+    expected = torch.stack([loaded.preprocess(im) for im in images])
+    torch.testing.assert_close(to_batch(arrays), expected, rtol=0, atol=0)
+
+
+def test_split_preprocess_falls_back_for_unknown_pipelines(tiny_clip_checkpoint: Path) -> None:
+    loaded = ClipResource(model_name=TINY_CLIP, weights=str(tiny_clip_checkpoint)).load()
+
+    def custom(image: Image.Image) -> torch.Tensor:
+        return torch.zeros(3, 4, 4)
+
+    loaded.preprocess = custom
+    prepare, to_batch = loaded.split_preprocess()
+    assert prepare is custom and to_batch is torch.stack

@@ -80,13 +80,15 @@ def embed_previews(
     log: Callable[[str], None] = lambda _: None,
     batch_size: int | None = None,
     device: InferenceDeviceResource | None = None,
+    prefetch: int = 2,
 ) -> EmbedStats:
     """Embed the stored previews of ``shas`` with ``clip`` (no decoding): previews are opened
     and preprocessed in a thread pool up to two batches ahead of the model, and each batch is
     stored as soon as it is done. See :func:`decode_and_embed_previews`; ``batch_size``
     defaults to ``clip.batch_size`` (32 when that is None)."""
     plan = DecodePlan(listings={})
-    return decode_and_embed_previews(store, clip, plan, shas, log, batch_size, device).embed
+    done = decode_and_embed_previews(store, clip, plan, shas, log, batch_size, device, prefetch)
+    return done.embed
 
 
 def resolve_batch_size(clip: ClipResource, device: InferenceDeviceResource) -> int:
@@ -128,12 +130,15 @@ def decode_and_embed_previews(
     log: Callable[[str], None] = lambda _: None,
     batch_size: int | None = None,
     device: InferenceDeviceResource | None = None,
+    prefetch: int = 2,
 ) -> DecodeEmbedStats:
     """Decode ``plan.todo`` and embed ``embed_shas`` with ``clip`` in one pipeline.
 
-    A thread pool (one thread per core) works up to two batches ahead of the model: it decodes
-    an original and stores its preview and thumbnail (:func:`decode_and_store`), then
-    preprocesses that preview for the model; images of ``embed_shas`` that already had a
+    A thread pool (one thread per core) prepares batches ``prefetch`` batches ahead of the
+    model (:func:`vibe_assets.batching.prefetch_batches`): it decodes an
+    original and stores its preview and thumbnail (:func:`decode_and_store`), then resizes and
+    crops that preview for the model (PIL only; normalisation happens batched on this thread,
+    see :meth:`LoadedClip.split_preprocess`); images of ``embed_shas`` that already had a
     preview are read from the store instead. Embeddings are computed from the stored JPEG
     preview's pixels either way, so an image's embedding does not depend on which run made it.
     Each batch's embeddings are stored as soon as they are computed (a crash loses at most one
@@ -146,10 +151,9 @@ def decode_and_embed_previews(
     Raises:
         PreviewWriteError: a preview cannot be written under the store (e.g. disk full).
     """
-    import torch
-
     loaded = clip.load()
     model_id = clip.model_id
+    prepare, to_batch = loaded.split_preprocess()
     wanted = set(embed_shas)
     items = [*plan.todo, *(sha for sha in embed_shas if sha not in plan.todo)]
 
@@ -158,15 +162,15 @@ def decode_and_embed_previews(
             outcome = decode_and_store(store, sha, plan.todo[sha], plan.stats)
             if outcome.preview is None or sha not in wanted:
                 return outcome, None
-            return outcome, loaded.preprocess(_open_jpeg(outcome.preview))
+            return outcome, prepare(_open_jpeg(outcome.preview))
         with Image.open(store.preview_path(sha)) as im:
-            return None, loaded.preprocess(im.convert("RGB"))
+            return None, prepare(im.convert("RGB"))
 
     out = DecodeEmbedStats()
     stats = out.embed
     size = batch_size or clip.batch_size or DEFAULT_BATCH_SIZE
     start = last_log = time.perf_counter()
-    for batch in prefetch_batches(items, load, size):
+    for batch in prefetch_batches(items, load, size, prefetch=prefetch):
         for sha, exc in batch.errors:
             if sha in plan.todo:  # PreviewWriteError (ours: fails the run) or a bug: never hidden
                 raise exc
@@ -187,7 +191,7 @@ def decode_and_embed_previews(
                 tensors.append(tensor)
         if tensors:
             t0 = time.perf_counter()
-            stacked = torch.stack(tensors)
+            stacked = to_batch(tensors)
             if device is None:
                 vectors = clip.encode_images(stacked)
             else:

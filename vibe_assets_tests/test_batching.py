@@ -1,0 +1,54 @@
+"""prefetch_batches: order, errors, and how far ahead it loads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from vibe_assets.batching import chunked, prefetch_batches
+
+
+def test_batches_keep_order_and_report_errors() -> None:
+    def load(i: int) -> int:
+        if i == 4:
+            raise ValueError("bad item")
+        return i * 10
+
+    batches = list(prefetch_batches(list(range(7)), load, batch_size=3, workers=2))
+    assert [b.items for b in batches] == [[0, 1, 2], [3, 5], [6]]
+    assert [b.values for b in batches] == [[0, 10, 20], [30, 50], [60]]
+    assert [(i, str(e)) for i, e in batches[1].errors] == [(4, "bad item")]
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 2])
+def test_loads_at_most_prefetch_batches_ahead(prefetch: int) -> None:
+    """While the consumer holds batch k, items of batches beyond k + prefetch are never
+    loaded, and with prefetch >= 1 the next batch does load meanwhile."""
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def load(i: int) -> int:
+        with lock:
+            started.append(i)
+        return i
+
+    items = list(range(12))
+    for k, batch in enumerate(
+        prefetch_batches(items, load, batch_size=2, workers=2, prefetch=prefetch)
+    ):
+        time.sleep(0.05)  # the consumer works; loaders run beside it
+        with lock:
+            furthest = max(started) // 2
+        assert furthest <= k + prefetch
+        if prefetch and k + prefetch < 6:
+            assert furthest == k + prefetch  # the next batches did load meanwhile
+        assert batch.items == [2 * k, 2 * k + 1]
+
+
+def test_chunked_rejects_empty_batches() -> None:
+    with pytest.raises(ValueError):
+        list(chunked([1, 2], 0))
+    with pytest.raises(ValueError):
+        list(prefetch_batches([1], lambda i: i, 1, prefetch=-1))
