@@ -12,15 +12,17 @@
    process start-up); images/s excludes the model load (done before decoding starts), which is
    reported apart. Repeated ``--repeat`` times on fresh copies (this VM's timings vary by 10-20 %
    from run to run); the median counts. Each run lists its steps' wall seconds, and
-   ``decode_ms_per_image``: decode + preview/thumbnail encode + store + preprocessing time per
-   image, measured inside the decode threads.
-3. **Bare model**: the same model on the same previews, preprocessed beforehand: forward passes
-   only. Timed ``--repeat + 1`` times, alternating with step 4; the median counts.
+   ``decode_ms_per_image``: decode + preview/thumbnail encode + store time per image, measured
+   inside the decode threads (wall time there, so it grows when they wait for a core).
+3. **Bare model**: the same model on the first library's previews, preprocessed beforehand:
+   forward passes only, timed right after each whole ingest.
 4. **Embed stage**: `embed_previews` on those previews (preview files in -> vectors stored),
-   ``--repeat`` times; the median counts.
-5. With ``--baseline``, **old services' pipeline** on the same files and model: full-size
-   decode of every original (RAW: full ``postprocess()``, done twice as the old services did),
-   sequential preprocessing, batches of 8.
+   right after each bare-model timing. Ratios are taken per repeat (same machine conditions)
+   and their median is reported.
+5. With ``--baseline``, **old services' pipeline** on the first library's files and the same
+   model, after each embed-stage timing: full-size decode of every original (RAW: full
+   ``postprocess()``, done twice as the old services did), sequential preprocessing, batches of
+   8.
 
 Prints JSON with images/s of each and the ratios. Weights default to random (explicit, warned):
 throughput does not depend on weight values.
@@ -182,7 +184,11 @@ def main() -> int:
             Image.new("RGB", (640, 480), (40 * i, 90, 160)).save(warm / f"{i}.jpg")
         ingest(warm)
 
+        bs = args.batch_size
+        loaded = clip.load()
         runs = []
+        shas: list[str] = []
+        tensors: list[torch.Tensor] = []
         for r in range(args.repeat):
             library = Path(tmp) / f"library{r}"
             n_files = build_library(args.folders, args.copies, library, salt=f"r{r}-" if r else "")
@@ -195,38 +201,45 @@ def main() -> int:
                 for e in result.get_asset_materialization_events()
             }
             load_seconds = md["clip_embeddings"].get("model_load_seconds", 0.0)
+            whole = md["clip_embeddings"]["embedded"] / (ingest_seconds - load_seconds)
+            if not tensors:  # the first library's previews, for the bare model and embed stage
+                shas, _ = shas_to_embed(store, [store.registry.add(library).key], "none/listing")
+                for sha in shas:
+                    with Image.open(store.preview_path(sha)) as im:
+                        tensors.append(loaded.preprocess(im.convert("RGB")))
+                clip.encode_images(torch.stack(tensors[:bs]))  # warm-up
+            # Right after each ingest, on the same machine "weather" (this VM's speed drifts):
+            bare = bare_model_images_per_s(clip, tensors, bs)
+            embed = embed_previews(store, clip, shas, batch_size=bs).images_per_s
+            extra = {}
+            if args.baseline:  # the old services' pipeline on the first library's originals
+                old, n_old = old_services_images_per_s(
+                    clip, sorted((Path(tmp) / "library0").iterdir())
+                )
+                extra = {
+                    "old_services_images_per_s": round(old, 2),
+                    "old_services_images": n_old,
+                    "ratio_to_old_services": round(whole / old, 3),
+                }
             runs.append(
                 {
                     "seconds": round(ingest_seconds, 2),
                     "model_load_seconds": load_seconds,
-                    "images_per_s": round(
-                        md["clip_embeddings"]["embedded"] / (ingest_seconds - load_seconds), 2
-                    ),
+                    "images_per_s": round(whole, 2),
+                    "bare_model_images_per_s": round(bare, 2),
+                    "embed_stage_images_per_s": round(embed, 2),
+                    "ratio_to_bare": round(whole / bare, 3),
+                    "embed_ratio_to_bare": round(embed / bare, 3),
                     "steps_seconds": step_seconds(instance, result.run_id),
                     "decode_ms_per_image": md["photo_previews"].get("decode_ms_per_image"),
                     "model_images_per_s": md["clip_embeddings"].get("model_images_per_s"),
+                    **extra,
                 }
             )
         images = md["photo_previews"]["unique_images"]
-        whole = statistics.median(r["images_per_s"] for r in runs)
 
-        # Same previews: bare model vs our embed stage (model loaded and warm here).
-        shas, _ = shas_to_embed(store, [store.registry.add(library).key], "none/for-listing")
-        loaded = clip.load()
-        tensors = []
-        for sha in shas:
-            with Image.open(store.preview_path(sha)) as im:
-                tensors.append(loaded.preprocess(im.convert("RGB")))
-        bs = args.batch_size
-        clip.encode_images(torch.stack(tensors[:bs]))  # warm-up
-        bare_runs: list[float] = []
-        embed_runs: list[float] = []
-        for _ in range(args.repeat):  # alternated, so both see the same machine weather
-            bare_runs.append(bare_model_images_per_s(clip, tensors, bs))
-            embed_runs.append(embed_previews(store, clip, shas, batch_size=bs).images_per_s)
-        bare_runs.append(bare_model_images_per_s(clip, tensors, bs))
-        bare = statistics.median(bare_runs)
-        embed = statistics.median(embed_runs)
+        def median(field: str) -> float:
+            return statistics.median(run[field] for run in runs)
 
         out = {
             "folders": [str(f) for f in args.folders],
@@ -239,20 +252,15 @@ def main() -> int:
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "whole_ingest_runs": runs,
-            "whole_ingest_images_per_s": round(whole, 2),
-            "embed_stage_images_per_s": round(embed, 2),
-            "embed_stage_images_per_s_runs": [round(x, 2) for x in embed_runs],
-            "bare_model_images_per_s": round(bare, 2),
-            "bare_model_images_per_s_runs": [round(x, 2) for x in bare_runs],
-            "ratio_embed_stage_to_bare": round(embed / bare, 3),
-            "ratio_whole_ingest_to_bare": round(whole / bare, 3),
+            "whole_ingest_images_per_s": median("images_per_s"),
+            "embed_stage_images_per_s": median("embed_stage_images_per_s"),
+            "bare_model_images_per_s": median("bare_model_images_per_s"),
+            "ratio_embed_stage_to_bare": median("embed_ratio_to_bare"),
+            "ratio_whole_ingest_to_bare": median("ratio_to_bare"),
         }
         if args.baseline:
-            originals = sorted(p for p in (Path(tmp) / "library0").iterdir())
-            old, n_old = old_services_images_per_s(clip, originals)
-            out["old_services_images_per_s"] = round(old, 2)
-            out["old_services_images"] = n_old
-            out["ratio_whole_ingest_to_old_services"] = round(whole / old, 3)
+            out["old_services_images_per_s"] = median("old_services_images_per_s")
+            out["ratio_whole_ingest_to_old_services"] = median("ratio_to_old_services")
         out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(out, indent=2))
         shutil.rmtree(Path(tmp) / "library0", ignore_errors=True)

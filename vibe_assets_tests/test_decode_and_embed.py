@@ -70,7 +70,9 @@ def test_model_runs_before_decoding_is_done(
     encodes = [i for i, e in enumerate(events) if e.startswith("encode")]
     assert len(decodes) == 10 and len(encodes) == 5
     assert encodes[0] < decodes[-1], events  # the model ran while images were still decoding
-    assert metadata(result, "photo_previews")["decoded"] == 10
+    previews = metadata(result, "photo_previews")
+    assert previews["decoded"] == 10 and previews["decode_ms_per_image"] > 0
+    assert "decode_seconds" not in previews  # no wall time of its own beside the model
     assert metadata(result, "clip_embeddings")["embedded"] == 10
     assert len(env.points()) == 10
 
@@ -107,7 +109,8 @@ def test_each_asset_alone(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(ClipResource, "_load", counting_load)
     first = materialize(env, key, "photo_files", "photo_hashes", "photo_previews")
-    assert metadata(first, "photo_previews")["decoded"] == 4
+    alone = metadata(first, "photo_previews")
+    assert alone["decoded"] == 4 and alone["decode_seconds"] > 0
     assert loads == []
     with pytest.raises(AssertionError):
         metadata(first, "clip_embeddings")

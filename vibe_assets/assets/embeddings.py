@@ -379,8 +379,10 @@ def _previews_result(
     start: float,
     thread_seconds: float,
 ) -> dg.MaterializeResult:
-    md = previews_metadata(context, store, plan, failures, time.perf_counter() - start)
-    if thread_seconds and plan.todo:
+    if thread_seconds and plan.todo:  # decoded beside the model: no wall time of its own
+        md = previews_metadata(context, store, plan, failures, None)
         md["decode_ms_per_image"] = round(1000 * thread_seconds / len(plan.todo), 1)
+    else:
+        md = previews_metadata(context, store, plan, failures, time.perf_counter() - start)
     context.log.info(f"{md['files_processed']} files processed, {md['failed'].value} failed")
     return dg.MaterializeResult(asset_key=PHOTO_PREVIEWS, metadata=md)

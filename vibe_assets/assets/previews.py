@@ -263,13 +263,13 @@ def previews_metadata(
     store: StoreResource,
     plan: DecodePlan,
     new_failures: dict[str, PhotoError],
-    seconds: float,
+    seconds: float | None,
 ) -> dict[str, Any]:
     """The ``photo_previews`` materialization metadata, which is the run's file report: every
     file processed or failed with a code (``files_processed``, ``failed``, ``failed_by_code``,
     ``failures`` table, ``failures_json``), plus ``unique_images``, ``decoded``, ``from_cache``
-    and ``decode_seconds`` (wall seconds, ``seconds``). Logs one line per partition with
-    failures."""
+    and, when decoding ran alone, ``decode_seconds`` (wall seconds, ``seconds``). Logs one line
+    per partition with failures."""
     processed: list[str] = []
     failures: list[dict[str, str]] = []
     for key, hashes in plan.listings.items():
@@ -283,7 +283,7 @@ def previews_metadata(
         "unique_images": plan.unique,
         "decoded": len(plan.todo) - len(new_failures),
         "from_cache": plan.unique - len(plan.todo),
-        "decode_seconds": round(seconds, 3),
+        **({} if seconds is None else {"decode_seconds": round(seconds, 3)}),
         **failure_metadata(failures),
     }
 
