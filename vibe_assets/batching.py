@@ -5,12 +5,13 @@ Memory stays flat with folder size: at most ``prefetch + 1`` batches are in flig
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from vibe_assets.settings import cpu_budget
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,7 +43,8 @@ def prefetch_batches(
     prefetch: int = 2,
 ) -> Iterator[Batch[T, R]]:
     """Yield batches of ``load(item)`` results, loaded in a thread pool of ``workers`` threads
-    (default: one per core), ``prefetch`` batches ahead of the consumer.
+    (default: one per usable CPU, :func:`~vibe_assets.settings.cpu_budget`), ``prefetch``
+    batches ahead of the consumer.
 
     With ``prefetch`` >= 1, the next batches load while the consumer works on the current one
     (the host prepares while the model computes). With 0, a batch is loaded, by all workers,
@@ -53,7 +55,7 @@ def prefetch_batches(
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0, got {prefetch}")
     batches = chunked(items, batch_size)
-    with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=workers or cpu_budget()) as pool:
         pending: deque[tuple[Sequence[T], list[Future[R]]]] = deque()
 
         def submit_next() -> None:

@@ -60,6 +60,7 @@ def default_resources() -> dict[str, Any]:
         "device": InferenceDeviceResource(
             device=env_str("VIBE_DEVICE", "auto"),
             max_batch_size=env_int("VIBE_MAX_BATCH_SIZE", 512),
+            cpu_threads=env_int("VIBE_TORCH_THREADS", 0),  # 0: the CPUs this process may use
         ),
         "blip": BlipResource(
             model_name=env_str("VIBE_BLIP_MODEL", DEFAULT_BLIP_MODEL),

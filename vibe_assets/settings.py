@@ -7,6 +7,7 @@ Only plain, non-secret settings live here (read when definitions load). Secrets 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +19,28 @@ DEFAULT_COLLECTION = "photos"
 PHOTO_ROOTS_ENV = "VIBE_PHOTO_ROOTS"
 
 log = logging.getLogger(__name__)
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cpu_budget(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process can really use: its affinity mask (``taskset``, ``docker --cpuset-cpus``),
+    capped by a cgroup v2 CPU quota (``cpu.max``, e.g. ``docker --cpus=2`` gives
+    ``200000 100000``: 2 CPUs), rounded up; at least 1.
+
+    ``os.cpu_count()`` counts the host's CPUs, so in a container limited to 2 CPUs on a 64-core
+    host it would start 64 torch and decode threads that fight over 2 CPUs.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = max(1, count or 1)
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota visible: the affinity mask decides
+    return count
 
 
 def vibe_home() -> Path:

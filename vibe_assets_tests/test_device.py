@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,7 @@ from vibe_assets.resources.device import (
     run_with_oom_split,
     search_max_batch,
 )
+from vibe_assets.settings import cpu_budget
 from vibe_assets_tests.conftest import TINY_CLIP
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -368,3 +371,33 @@ def test_real_cuda_probe_and_split(tmp_path: Path, tiny_clip_checkpoint: Path) -
             return model.encode_image(x.cuda()).float().cpu().numpy()
 
     assert dev.run_with_oom_split(torch.randn(3, 3, 64, 64), encode).shape == (3, 32)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("max 100000\n", None),  # no quota: the affinity mask
+        ("100000 100000\n", 1),  # docker --cpus=1
+        ("50000 100000\n", 1),  # half a CPU still gets one thread
+        ("garbage\n", None),
+    ],
+)
+def test_cpu_budget_follows_affinity_and_container_quota(
+    tmp_path: Path, cpu_max: str, expected: int | None
+) -> None:
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert cpu_budget(path) == (affinity if expected is None else min(affinity, expected))
+    assert cpu_budget(tmp_path / "missing") == affinity
+
+
+def test_run_sets_torch_cpu_threads(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        device = InferenceDeviceResource(device="cpu", cpu_threads=1, cache_dir=str(tmp_path))
+        device.setup_for_execution(dg.build_init_resource_context())
+        assert torch.get_num_threads() == 1
+        assert InferenceDeviceResource(device="cpu").apply_cpu_threads() >= 1
+    finally:
+        torch.set_num_threads(before)

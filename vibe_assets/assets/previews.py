@@ -20,6 +20,7 @@ from vibe_assets.imaging.errors import ErrorCode, PhotoError
 from vibe_assets.partitions import photo_folder_partitions
 from vibe_assets.report import failure_metadata
 from vibe_assets.resources.store import StoreResource
+from vibe_assets.settings import cpu_budget
 
 PHOTO_PREVIEWS = dg.AssetKey("photo_previews")
 PREVIEW_SIZE = 512  # px, long side; CLIP (224 px) and BLIP (384 px) inputs both fit under it.
@@ -69,8 +70,9 @@ def previewed_shas(store: StoreResource, partition_keys: list[str]) -> list[str]
 
 
 def decode_workers() -> int:
-    """Decode threads: one per core (Pillow and LibRaw release the GIL while decoding)."""
-    return max(1, os.cpu_count() or 1)
+    """Decode threads: one per usable CPU (:func:`~vibe_assets.settings.cpu_budget`; Pillow and
+    LibRaw release the GIL while decoding)."""
+    return cpu_budget()
 
 
 Stat = tuple[int, int, int]  # (size, mtime_ns, inode) of a file when it was scanned
