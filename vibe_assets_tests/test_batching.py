@@ -35,16 +35,20 @@ def test_loads_at_most_prefetch_batches_ahead(prefetch: int) -> None:
         return i
 
     items = list(range(12))
-    for k, batch in enumerate(
-        prefetch_batches(items, load, batch_size=2, workers=2, prefetch=prefetch)
-    ):
-        time.sleep(0.05)  # the consumer works; loaders run beside it
+
+    def furthest_batch() -> int:
         with lock:
-            furthest = max(started) // 2
-        assert furthest <= k + prefetch
-        if prefetch and k + prefetch < 6:
-            assert furthest == k + prefetch  # the next batches did load meanwhile
+            return max(started) // 2
+
+    batches = prefetch_batches(items, load, batch_size=2, workers=2, prefetch=prefetch)
+    for k, batch in enumerate(batches):
         assert batch.items == [2 * k, 2 * k + 1]
+        expected = min(k + prefetch, 5)
+        deadline = time.monotonic() + 5.0  # the loaders run beside this consumer
+        while furthest_batch() < expected and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.02)  # and nothing beyond that gets loaded meanwhile
+        assert furthest_batch() == expected
 
 
 def test_chunked_rejects_empty_batches() -> None:
