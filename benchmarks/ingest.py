@@ -49,7 +49,8 @@ import rawpy
 import torch
 from PIL import Image
 
-from vibe_assets.assets.embeddings import embed_previews, shas_to_embed
+from vibe_assets.assets.embeddings import embed_previews
+from vibe_assets.assets.previews import previewed_shas
 from vibe_assets.collections import CollectionSpec
 from vibe_assets.definitions import build_assets
 from vibe_assets.imaging.formats import read_head, sniff_format
@@ -205,7 +206,7 @@ def main() -> int:
             load_seconds = md["clip_embeddings"].get("model_load_seconds", 0.0)
             whole = md["clip_embeddings"]["embedded"] / (ingest_seconds - load_seconds)
             if not tensors:  # the first library's previews, for the bare model and embed stage
-                shas, _ = shas_to_embed(store, [store.registry.add(library).key], "none/listing")
+                shas = previewed_shas(store, [store.registry.add(library).key])
                 for sha in shas:
                     with Image.open(store.preview_path(sha)) as im:
                         tensors.append(loaded.preprocess(im.convert("RGB")))

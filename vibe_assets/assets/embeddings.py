@@ -26,7 +26,6 @@ from vibe_assets.assets.previews import (
     paths_by_sha,
     photo_previews_spec,
     plan_decode,
-    previewed_shas,
     previews_metadata,
     require_hashes,
 )
@@ -45,16 +44,6 @@ CLIP_EMBEDDINGS = dg.AssetKey("clip_embeddings")
 DECODE_AND_EMBED = "decode_and_embed"  # the op (step) materializing both assets
 DEFAULT_BATCH_SIZE = 32  # CPU: ViT-B-32 is flat from 8 to 32 images per pass (DESIGN.md)
 _logger = logging.getLogger(__name__)  # OOM-split warnings
-
-
-def shas_to_embed(
-    store: StoreResource, partition_keys: list[str], model_id: str
-) -> tuple[list[str], int]:
-    """Unique SHA-256s with a preview but no embedding by ``model_id``, and the count of those
-    already embedded."""
-    shas = previewed_shas(store, partition_keys)
-    todo = [sha for sha in shas if not store.has_embedding(model_id, sha)]
-    return todo, len(shas) - len(todo)
 
 
 @dataclass
@@ -249,10 +238,8 @@ def _embed_with(
         context.log.info(f"nothing to embed: {cached} images already embedded by {model_id}")
         if not plan.todo:
             return {**md, "model_loaded": False}, None
-        start = time.perf_counter()
         failures = decode_all(context, store, plan)
         done = DecodeEmbedStats(failures=failures, decoded=len(plan.todo) - len(failures))
-        done.embed.seconds = time.perf_counter() - start
         return {**md, "model_loaded": False}, done
     loaded = clip.load()
     if clip.is_random:

@@ -108,11 +108,10 @@ class PreviewWriteError(RuntimeError):
 
 @dataclass(frozen=True)
 class DecodeOutcome:
-    """What :func:`decode_and_store` did with one image: ``info`` (the stored preview record:
-    width, height, format, decoder, exif) and ``preview`` (the stored preview's JPEG bytes) on
-    success, else ``error``; ``seconds`` of wall time spent on it (decode, encode, store)."""
+    """What :func:`decode_and_store` did with one image: ``preview`` (the stored preview's JPEG
+    bytes) on success, else ``error``; ``seconds`` of wall time spent on it (decode, encode,
+    store)."""
 
-    info: dict[str, Any] | None = None
     preview: bytes | None = None
     error: PhotoError | None = None
     seconds: float = 0.0
@@ -165,7 +164,7 @@ def decode_and_store(
             )
         except OSError as exc:  # e.g. disk full under VIBE_HOME: a problem of ours, not the file's
             raise PreviewWriteError(f"cannot write preview under {store.root}: {exc}") from exc
-        return DecodeOutcome(info=info, preview=preview, seconds=time.perf_counter() - start)
+        return DecodeOutcome(preview=preview, seconds=time.perf_counter() - start)
     assert err is not None
     if err.code not in TRANSIENT_CODES and not isinstance(err, _Changed):
         store.put_decode_failure(sha256, err.to_dict())
