@@ -675,6 +675,19 @@ def test_arbitrary_bytes_never_escape_as_other_errors(magic: bytes, body: bytes,
         assert_valid(photo, preview_size=64)
 
 
+@pytest.mark.parametrize("name", ["x.jpg", "x.tif", "x.dng"])
+@pytest.mark.parametrize("data", [b"MM\x00*", b"II*\x00\x08\x00"])
+def test_tiff_header_cut_before_its_ifd_offset_is_a_photo_error(
+    tmp_path: Path, name: str, data: bytes
+) -> None:
+    """Found by the fuzz test above: a 4-6 byte TIFF header raised struct.error."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(PhotoError) as info:
+        decode_photo(path)
+    assert isinstance(info.value.code, ErrorCode)
+
+
 # --- sniffing and candidates -----------------------------------------------------------------
 
 

@@ -318,7 +318,7 @@ def _read_ifds(f: BinaryIO, max_ifds: int = _MAX_IFDS) -> list[dict[int, tuple[i
     """
     f.seek(0)
     header = f.read(8)
-    if header[:4] not in _TIFF_MAGICS:
+    if len(header) < 8 or header[:4] not in _TIFF_MAGICS:  # no room for the IFD0 offset
         return []
     order = "<" if header[:2] == b"II" else ">"
     pending = [struct.unpack(order + "I", header[4:8])[0]]
