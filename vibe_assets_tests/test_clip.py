@@ -17,8 +17,10 @@ def test_checkpoint_weights_are_loaded(tiny_clip_checkpoint: Path) -> None:
     clip = ClipResource(model_name=TINY_CLIP, weights=str(tiny_clip_checkpoint))
     saved = torch.load(tiny_clip_checkpoint, weights_only=True)["state_dict"]
     loaded = clip.load().model.state_dict()
-    for name in ("visual.conv1.weight", "token_embedding.weight", "visual.proj"):
-        torch.testing.assert_close(loaded[name], saved[name])
+    # every tensor, bit for bit: none kept the (skipped) random initialisation
+    assert loaded.keys() - {"attn_mask"} == saved.keys() - {"attn_mask"}
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name], tensor), name
     assert clip.model_id.startswith(f"{TINY_CLIP}/ckpt-")
     assert clip.embedding_dim() == 32
 
@@ -29,6 +31,43 @@ def test_checkpoint_weights_are_loaded(tiny_clip_checkpoint: Path) -> None:
     texts = clip.encode_texts(["a red square", "a dog"])
     assert texts.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, rtol=1e-5)
+
+
+def count_init_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Wrap ``torch.nn.init``'s random initialisers; returns the list their calls append to."""
+    calls: list[str] = []
+    for name in ("normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_"):
+        original = getattr(torch.nn.init, name)
+
+        def wrapper(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.init, name, wrapper)
+    return calls
+
+
+def test_checkpoint_load_skips_random_init_and_random_weights_do_not(
+    tiny_clip_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_init_calls(monkeypatch)
+    ClipResource(model_name=TINY_CLIP, weights=str(tiny_clip_checkpoint)).load()
+    assert calls == []
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        ClipResource(model_name=TINY_CLIP, weights="random").load()
+    assert "normal_" in calls  # random weights are still initialised (and seeded)
+    assert getattr(torch.nn.init.normal_, "__name__", "") == "wrapper"  # patch undone after load
+
+
+def test_checkpoint_missing_a_weight_fails_instead_of_leaving_it_uninitialised(
+    tiny_clip_checkpoint: Path, tmp_path: Path
+) -> None:
+    state = torch.load(tiny_clip_checkpoint, weights_only=True)
+    del state["state_dict"]["visual.proj"]
+    partial = tmp_path / "partial.pt"
+    torch.save(state, partial)
+    with pytest.raises(ClipWeightsError, match=r"visual\.proj"):
+        ClipResource(model_name=TINY_CLIP, weights=str(partial)).load()
 
 
 def test_changed_checkpoint_is_another_model(tiny_clip_checkpoint: Path, tmp_path: Path) -> None:
