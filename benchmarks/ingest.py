@@ -27,7 +27,10 @@
    8.
 
 Prints JSON with images/s of each and the ratios. Weights default to random (explicit, warned):
-throughput does not depend on weight values.
+throughput does not depend on weight values. Random weights are saved to a temporary checkpoint
+file and loaded through the real checkpoint path, so ``model_load_seconds`` is what a user's run
+pays to load a downloaded or local checkpoint (``--weights random-init`` builds them in memory
+instead, as ``VIBE_CLIP_WEIGHTS=random`` does).
 """
 
 from __future__ import annotations
@@ -64,6 +67,17 @@ from vibe_assets.resources import (
 )
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def random_checkpoint(model: str, folder: Path) -> Path:
+    """Random ``model`` weights (seed 0) saved as an open_clip checkpoint file in ``folder``."""
+    import open_clip
+
+    print(f"benchmark: {model} with RANDOM WEIGHTS saved as a checkpoint", file=sys.stderr)
+    torch.manual_seed(0)
+    path = folder / f"random-{model}.pt"
+    torch.save({"state_dict": open_clip.create_model(model, pretrained=None).state_dict()}, path)
+    return path
 
 
 def build_library(folders: list[Path], copies: int, dest: Path, salt: str = "") -> int:
@@ -141,7 +155,11 @@ def main() -> int:
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--weights", default="random")
+    parser.add_argument(
+        "--weights",
+        default="random",
+        help="random (saved as a checkpoint), random-init (built in memory), a tag or a path",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--baseline", action="store_true", help="also run the old pipeline")
     parser.add_argument(
@@ -153,8 +171,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
         home = Path(tmp) / "home"
         store = StoreResource(home=str(home))
-        clip = ClipResource(model_name=args.model, weights=args.weights, batch_size=args.batch_size)
-        spec = CollectionSpec("bench", args.model, args.weights)
+        weights = {"random": None, "random-init": "random"}.get(args.weights, args.weights)
+        if weights is None:
+            weights = str(random_checkpoint(args.model, Path(tmp)))
+        clip = ClipResource(model_name=args.model, weights=weights, batch_size=args.batch_size)
+        spec = CollectionSpec("bench", args.model, weights)
         resources = {
             "store": store,
             "clip": clip,
@@ -257,6 +278,7 @@ def main() -> int:
             "files": n_files,
             "unique_images": images,
             "model": clip.model_id,
+            "weights": args.weights,
             "device": loaded.device,
             "batch_size": bs,
             "torch_threads": torch.get_num_threads(),

@@ -107,6 +107,16 @@ def test_luma_is_exact_at_eighth_scale(size: tuple[int, int], subsampling: int) 
         assert np.array_equal(eighth(dc, "RGB"), eighth(data, "RGB"))
 
 
+@pytest.mark.parametrize(("mode", "components"), [("L", 1), ("CMYK", 4)])
+def test_grey_and_cmyk_progressive_jpegs_are_exact(mode: str, components: int) -> None:
+    out = io.BytesIO()
+    Image.fromarray(picture(4200, 2400)).convert(mode).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    dc = dc_only_jpeg(data)
+    assert dc is not None and scans(dc)[-components:] == [(1, 1)] * components
+    assert np.array_equal(eighth(dc, mode), eighth(data, mode))
+
+
 def test_restart_markers_keep_dc_scans_without_zero_ac_scans() -> None:
     data = jpeg(picture(4200, 2400), progressive=True, restart_marker_blocks=64)
     dc = dc_only_jpeg(data)
