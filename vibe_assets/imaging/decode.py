@@ -5,7 +5,7 @@ part happens once per file content:
 
 - JPEG decodes at reduced scale in the DCT domain (``Image.draft``): a 24 MP JPEG to 224 px takes
   87 ms instead of 444 ms for a full decode (DESIGN.md measurement table). A progressive JPEG
-  at 1/8 scale skips its AC scans (:mod:`vibe_assets.imaging.progressive`), about 3.5x faster.
+  at 1/8 scale skips its AC scans (:mod:`vibe_assets.imaging.progressive`): 3-4x faster in libjpeg.
 - RAW uses the embedded JPEG preview when it is at least ``preview_size`` long (``extract_thumb``,
   2-16 ms for a 24 MP DNG) and otherwise LibRaw's ``postprocess(half_size=True)`` (0.25-0.93 s,
   against 1.5-2.7 s for a full ``postprocess()``).
