@@ -69,12 +69,6 @@ def previewed_shas(store: StoreResource, partition_keys: list[str]) -> list[str]
     return list(seen)
 
 
-def decode_workers() -> int:
-    """Decode threads: one per usable CPU (:func:`~vibe_assets.settings.cpu_budget`; Pillow and
-    LibRaw release the GIL while decoding)."""
-    return cpu_budget()
-
-
 Stat = tuple[int, int, int]  # (size, mtime_ns, inode) of a file when it was scanned
 
 
@@ -227,7 +221,8 @@ def decode_all(
     def work(item: tuple[str, list[str]]) -> tuple[str, DecodeOutcome]:
         return item[0], decode_and_store(store, item[0], item[1], plan.stats)
 
-    with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
+    # one thread per usable CPU: Pillow and LibRaw release the GIL while decoding
+    with ThreadPoolExecutor(max_workers=cpu_budget()) as pool:
         for done, (sha, outcome) in enumerate(pool.map(work, plan.todo.items()), start=1):
             if outcome.error is not None:
                 failures[sha] = outcome.error

@@ -112,7 +112,7 @@ class DecodedPhoto:
         format: the format sniffed from the content (``"jpeg"``, ``"raw"``, ...; for a file
             decoded by extension only, Pillow's format name in lowercase, e.g. ``"tga"``).
         decoder: the path used: ``"pillow"``, ``"pillow-draft"`` (JPEG reduced-scale decode),
-            ``"pillow-draft-dc"`` (progressive JPEG at 1/8 scale from its DC scans only),
+            ``"pillow-draft-dc"`` (progressive JPEG at 1/8 scale from its DC coefficients only),
             ``"heif"`` (pillow_heif), ``"heif-thumbnail"`` (its embedded thumbnail was large
             enough), ``"raw-embedded-preview"`` or ``"raw-half-size"``.
         exif: the photo's EXIF metadata as returned by
@@ -223,7 +223,7 @@ def _decode_pillow(
 def _progressive_dc_preview(
     f: BinaryIO, im: Image.Image, fmt: str | None, preview_size: int
 ) -> tuple[Image.Image, bool] | None:
-    """The preview of a progressive JPEG decoded from its DC scans only, when the preview is
+    """The preview of a progressive JPEG decoded from its DC coefficients only, when the preview is
     at most an eighth of the photo (:mod:`vibe_assets.imaging.progressive`); ``None`` when that
     does not apply or fails, and the caller decodes normally (keeping its error codes)."""
     if fmt != "jpeg" or not im.info.get("progressive"):
