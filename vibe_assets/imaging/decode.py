@@ -8,7 +8,9 @@ part happens once per file content:
   at 1/8 scale skips its AC scans (:mod:`vibe_assets.imaging.progressive`): 3-4x faster in libjpeg.
 - RAW uses the embedded JPEG preview when it is at least ``preview_size`` long (``extract_thumb``,
   2-16 ms for a 24 MP DNG) and otherwise LibRaw's ``postprocess(half_size=True)`` (0.25-0.93 s,
-  against 1.5-2.7 s for a full ``postprocess()``).
+  against 1.5-2.7 s for a full ``postprocess()``). Either way the file must first hold enough
+  bytes for its sensor's raw data (:func:`_check_raw_data_size`): a header-only RAW is rejected
+  even when it carries a usable preview.
 - EXIF metadata (:mod:`vibe_assets.imaging.exif`) comes from the same open of the file: the
   Pillow image already decoded, or for RAW a parse of the TIFF header (~1 ms, no pixels).
 
@@ -36,6 +38,7 @@ from vibe_assets.imaging.exif import photo_metadata, read_raw_exif
 from vibe_assets.imaging.formats import (
     HEAD_BYTES,
     BmffLayout,
+    is_dng,
     read_bmff_layout,
     read_tiff_rasters,
     sniff_format,
@@ -61,13 +64,43 @@ BLANK_MIN_STD = 1.0
 """A RAW preview whose standard deviation (0-255 scale) is below this is a blank frame."""
 
 MIN_RAW_BYTES_PER_MEGAPIXEL = 1_000
-"""Smallest plausible size of a full-resolution TIFF/DNG raster, in bytes per megapixel.
+"""Smallest plausible size of a full-resolution TIFF/DNG raster, in bytes per megapixel (0.001
+byte per pixel); also the bound :func:`_check_raw_data_size` applies to DNG files.
 
 Lossless-JPEG raw data costs at least 1 bit per sample (125,000 bytes/MP) and even a flat,
-lossy-compressed DNG several thousand bytes/MP. Header-only files fall far below it (the stripped
-exiftool sample: 22 bytes for 8.2 MP); LibRaw "decodes" them from whatever its buffer held, which
-in a long-lived process is leftover memory rather than black, so the blank-frame check cannot
-catch them.
+lossy-compressed DNG several thousand bytes/MP (baseline JPEG spends at least a DC code and an
+end-of-block code, 2 bits, per 8x8 block: ~3,900 bytes/MP per component); deflate (DNG
+compression 8) cannot beat ~1:1032 (a 258-byte match in 2 bits), ~1,900 bytes/MP for 16-bit
+samples. Header-only files fall far below it (the stripped exiftool sample: 22 bytes for 8.2 MP);
+LibRaw "decodes" them from whatever its buffer held, which in a long-lived process is leftover
+memory rather than black, so the blank-frame check cannot catch them.
+"""
+
+MIN_MAKER_RAW_BYTES_PER_MEGAPIXEL = 62_500
+"""Smallest plausible size of the raw data of a maker (non-DNG) RAW, in bytes per megapixel of
+LibRaw's ``raw_width x raw_height`` sensor area: 1/16 byte (half a bit) per pixel.
+
+Where the number comes from (LibRaw 0.22 decoders, ``src/decoders/``):
+
+- lossless JPEG (ITU-T T.81 process 14: Canon CR2, Sony lossless ARW, ...) and the other
+  per-sample Huffman or unary coders (Nikon NEF lossless and lossy, Pentax PEF, Hasselblad,
+  Fujifilm compressed RAF: ``fuji_zerobits``, Olympus ORF) spend at least one code of at least
+  1 bit on every sample: 1/8 byte per pixel (125,000 bytes/MP);
+- fixed-rate layouts cost more: Sony ARW2 1 byte per pixel (``sony_arw2_load_raw`` reads
+  ``raw_width`` bytes a row), Panasonic RW2 (RawFormat 4) 16 bytes per 14 pixels, packed or
+  unpacked 10-16 bit data 1.25-2 bytes per pixel;
+- only the codecs with run-length modes (Canon CRX in CR3, Canon CRW, Samsung SRW, Kodak RADC)
+  could code a noiseless flat frame in less, and a sensor never delivers one (read noise). The
+  oldest of them, the 1996 Kodak DC50 (RADC) file of rawpy's test suite, has 0.24 byte per pixel
+  (92,675 bytes for 768 x 512, its 64-byte thumbnail aside).
+
+Half the per-sample Huffman floor leaves a 2x margin under every coder that codes each sample and
+~4x under the smallest real maker file measured. A header-only file keeps its headers, maker notes
+and secondary previews (the largest preview is not counted): typically tens to a few hundred KB,
+against 1.25 MB (this bound) for a 20 MP sensor. One whose other content exceeds the bound (a big
+uncompressed second preview on a small sensor) passes; LibRaw's unpack errors and the blank-frame
+check remain behind it. DNG uses :data:`MIN_RAW_BYTES_PER_MEGAPIXEL` instead (lossy and deflate
+DNGs go far lower).
 """
 
 _PILLOW_NAMES = {
@@ -458,6 +491,7 @@ def _decode_raw(
     f: BinaryIO, path: str | os.PathLike[str], size: int, preview_size: int
 ) -> DecodedPhoto:
     _check_raw_data_present(path, size)
+    dng = is_dng(path)
     try:
         with rawpy.imread(os.fspath(path)) as raw:
             sizes = raw.sizes
@@ -465,7 +499,9 @@ def _decode_raw(
             if sizes.flip in (5, 6):
                 width, height = height, width
             _check_pixels(width, height, ErrorCode.ERR_DECODE_RAW)
-            preview = _raw_embedded_preview(raw, preview_size)
+            thumb = _raw_thumbnail(raw)
+            _check_raw_data_size(sizes, size, _thumbnail_bytes(thumb), dng)
+            preview = _raw_embedded_preview(raw, thumb, preview_size)
             decoder = "raw-embedded-preview"
             if preview is None:
                 # LibRaw applies sizes.flip itself; 8-bit sRGB output, camera white balance.
@@ -484,10 +520,18 @@ def _decode_raw(
 
 
 def _check_raw_data_present(path: str | os.PathLike[str], size: int) -> None:
-    """Reject TIFF-based RAWs whose raster data lies past the end of the file (a truncated copy)
-    or is far too small for its pixel count (header-only, see
-    :data:`MIN_RAW_BYTES_PER_MEGAPIXEL`), and CR3s whose boxes run past the end. Other RAW
-    containers pass unchecked."""
+    """Structural checks made before LibRaw opens the file (``size`` in bytes).
+
+    Rejects TIFF-based RAWs whose raster data lies past the end of the file (a truncated copy) or
+    whose full-resolution raster is far too small for its pixel count (header-only, see
+    :data:`MIN_RAW_BYTES_PER_MEGAPIXEL`), and CR3s whose boxes run past the end. Other
+    containers (RAF, ORF, RW2, CRW, MRW, X3F) have no such check here; every RAW, whatever its
+    container, then goes through :func:`_check_raw_data_size` once LibRaw has read its header.
+
+    Raises:
+        PhotoError: ``ERR_DECODE_RAW``.
+        OSError: the file cannot be read.
+    """
     _check_bmff(path, size, ErrorCode.ERR_DECODE_RAW)
     for raster in read_tiff_rasters(path):
         if raster.data_end > size:
@@ -508,12 +552,69 @@ def _check_raw_data_present(path: str | os.PathLike[str], size: int) -> None:
             )
 
 
-def _raw_embedded_preview(raw: rawpy.RawPy, preview_size: int) -> Image.Image | None:
-    """The camera's embedded preview as an upright RGB image fitting ``preview_size``, or
-    ``None`` when there is none, it is shorter than ``preview_size`` or it does not decode."""
+def _check_raw_data_size(
+    sizes: rawpy.ImageSizes, file_bytes: int, thumbnail_bytes: int, dng: bool
+) -> None:
+    """Reject a RAW whose file cannot hold the raw data of the sensor LibRaw reports.
+
+    LibRaw takes the sensor size (``sizes.raw_width x sizes.raw_height``, pixels) from the header
+    and does not compare it with what the file holds: a header-only or data-stripped file opens
+    without error, and its embedded preview extracts fine or LibRaw "decodes" garbage. rawpy
+    exposes neither the raw data's offset nor its length, so the bytes the raw data can occupy
+    are bounded from above by ``file_bytes`` less ``thumbnail_bytes`` (the embedded preview
+    LibRaw extracts, 0 when none), and that must be at least ``raw_width x raw_height`` times
+    :data:`MIN_MAKER_RAW_BYTES_PER_MEGAPIXEL` (:data:`MIN_RAW_BYTES_PER_MEGAPIXEL` for a DNG)
+    per million pixels. No pixel is decoded: this costs an integer comparison (the preview is
+    extracted anyway, and :func:`~vibe_assets.imaging.formats.is_dng` reads IFD0 only).
+
+    A file that fails is rejected even when its preview would make a fine picture: without its raw
+    data it is a damaged copy, not the photo, and ingesting the preview would hide that.
+
+    Raises:
+        PhotoError: ``ERR_DECODE_RAW``, with the numbers, when the bound is not met.
+    """
+    per_megapixel = MIN_RAW_BYTES_PER_MEGAPIXEL if dng else MIN_MAKER_RAW_BYTES_PER_MEGAPIXEL
+    pixels = sizes.raw_width * sizes.raw_height
+    room = max(0, file_bytes - thumbnail_bytes)
+    if room * 1_000_000 < pixels * per_megapixel:
+        needed = -(-pixels * per_megapixel // 1_000_000)
+        raise PhotoError(
+            ErrorCode.ERR_DECODE_RAW,
+            f"raw data can take at most {room} bytes ({file_bytes}-byte file less a "
+            f"{thumbnail_bytes}-byte preview) but the {sizes.raw_width}x{sizes.raw_height} "
+            f"sensor needs at least {needed} ({per_megapixel} bytes/MP): header-only or "
+            "data-stripped file",
+        )
+
+
+def _raw_thumbnail(raw: rawpy.RawPy) -> rawpy.Thumbnail | None:
+    """LibRaw's embedded preview (the largest it finds), or ``None`` when there is none or it
+    cannot be read."""
     try:
-        thumb = raw.extract_thumb()
+        return raw.extract_thumb()
     except rawpy.LibRawError:  # no thumbnail, unsupported thumbnail format, unreadable
+        return None
+
+
+def _thumbnail_bytes(thumb: rawpy.Thumbnail | None) -> int:
+    """Bytes of the preview as LibRaw hands it out: the JPEG stream, or the bitmap's 8-bit RGB
+    samples; 0 for none. LibRaw prepends an Exif block (~1.4 KB) to a JPEG preview that has none
+    (an APP0-first JPEG), so this may exceed the bytes the preview takes in the file by that much:
+    negligible against :data:`MIN_MAKER_RAW_BYTES_PER_MEGAPIXEL` x the sensor's megapixels."""
+    if thumb is None:
+        return 0
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        return len(thumb.data)
+    return int(np.asarray(thumb.data).nbytes)
+
+
+def _raw_embedded_preview(
+    raw: rawpy.RawPy, thumb: rawpy.Thumbnail | None, preview_size: int
+) -> Image.Image | None:
+    """The camera's embedded preview ``thumb`` (from :func:`_raw_thumbnail`) as an upright RGB
+    image fitting ``preview_size``, or ``None`` when there is none, it is shorter than
+    ``preview_size`` or it does not decode."""
+    if thumb is None:
         return None
     orientation = _LIBRAW_FLIP_ORIENTATION.get(raw.sizes.flip, 1)
     try:

@@ -304,6 +304,17 @@ def _is_non_tiff_raw(head: bytes) -> bool:
     )
 
 
+def is_dng(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a classic TIFF whose first IFD carries the DNGVersion tag (50706).
+
+    Reads IFD0 only (a few small reads); a non-TIFF or unreadable structure gives ``False``.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+    """
+    return _first_ifd_has_dng_version(path)
+
+
 def _first_ifd_has_dng_version(path: str | os.PathLike[str]) -> bool:
     with open(path, "rb") as f:
         ifds = _read_ifds(f, max_ifds=1)
