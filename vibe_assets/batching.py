@@ -50,12 +50,15 @@ def prefetch_batches(
     (the host prepares while the model computes). With 0, a batch is loaded, by all workers,
     only when the consumer asks for it: nothing loads beside the consumer.
 
-    A loader exception is reported in ``Batch.errors`` and never stops the other items.
+    A loader exception is reported in ``Batch.errors`` and never stops the other items. When
+    the consumer stops early (closes the generator, e.g. on Ctrl-C), loads not yet started are
+    cancelled.
     """
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0, got {prefetch}")
     batches = chunked(items, batch_size)
-    with ThreadPoolExecutor(max_workers=workers or cpu_budget()) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers or cpu_budget())
+    try:
         pending: deque[tuple[Sequence[T], list[Future[R]]]] = deque()
 
         def submit_next() -> None:
@@ -78,3 +81,8 @@ def prefetch_batches(
                 except Exception as exc:
                     batch.errors.append((item, exc))
             yield batch
+    finally:
+        # The consumer stopped early (an error, Ctrl-C): drop the prefetched batches that have
+        # not started, instead of decoding them all before returning; at most one item per
+        # worker is still finishing.
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -56,3 +56,20 @@ def test_chunked_rejects_empty_batches() -> None:
         list(chunked([1, 2], 0))
     with pytest.raises(ValueError):
         list(prefetch_batches([1], lambda i: i, 1, prefetch=-1))
+
+
+def test_stopping_early_drops_the_prefetched_loads_not_yet_started() -> None:
+    """Ctrl-C in the consumer must not wait for every prefetched load (on CPU a RAW decode takes
+    up to a second; two batches of 32 ahead would hold the stop for tens of seconds)."""
+    loaded: list[int] = []
+
+    def load(i: int) -> int:
+        time.sleep(0.05)
+        loaded.append(i)
+        return i
+
+    batches = prefetch_batches(list(range(40)), load, batch_size=8, workers=2, prefetch=2)
+    assert next(batches).items == list(range(8))
+    batches.close()  # what an exception in the consumer's loop does to the generator
+    # batch 1 done; of the two prefetched batches (16 loads) at most the 2 running ones finish
+    assert len(loaded) <= 8 + 2 + 2, loaded
