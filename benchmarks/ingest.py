@@ -262,8 +262,8 @@ def main() -> int:
                     "decode_and_embed_images_per_s": round(step_rate, 2),
                     "decode_and_embed_ratio_to_bare": round(step_rate / bare, 3),
                     "other_seconds": round(ingest_seconds - steps["decode_and_embed"], 2),
-                    "decode_ms_per_image": md["photo_previews"].get("decode_ms_per_image"),
-                    "model_images_per_s": md["clip_embeddings"].get("model_images_per_s"),
+                    "decode_ms_per_image": md["photo_previews"].get("run_decode_ms_per_image"),
+                    "model_images_per_s": md["clip_embeddings"].get("run_model_images_per_s"),
                     **extra,
                 }
             )

@@ -29,7 +29,7 @@ from vibe_assets.imaging.formats import IMAGE_EXTENSIONS
 from vibe_assets.partitions import PARTITIONS_NAME, photo_folder_partitions
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.store import StoreResource
-from vibe_assets.settings import PHOTO_ROOTS_ENV, check_photo_roots
+from vibe_assets.settings import CAPTIONS_TAG, PHOTO_ROOTS_ENV, check_photo_roots
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -108,7 +108,12 @@ def build_recaption_schedule(
         return [
             dg.RunRequest(
                 run_key=f"recaption:{caption_model}:{start}:{end}:{tick}",
-                tags={RANGE_START_TAG: start, RANGE_END_TAG: end, "caption_model": caption_model},
+                tags={
+                    RANGE_START_TAG: start,
+                    RANGE_END_TAG: end,
+                    "caption_model": caption_model,
+                    CAPTIONS_TAG: "on",  # the schedule is how captions happen on a CPU
+                },
             )
             for start, end in ranges
         ]
@@ -326,7 +331,6 @@ def _evaluate_new_photo_folders(
     max_per_run: int,
     max_folders_per_tick: int,
     max_seconds_per_tick: float,
-    asset_selection: Callable[[], Sequence[dg.AssetKey] | None] | None = None,
 ) -> dg.SensorResult:
     started = time.monotonic()
     for problem in root_problems:
@@ -472,12 +476,10 @@ def _evaluate_new_photo_folders(
         return dg.SensorResult(
             skip_reason=f"nothing to ingest; {summary}", cursor=next_cursor.dump()
         )
-    selection = asset_selection() if asset_selection is not None else None
     run_requests = [
         dg.RunRequest(
             run_key=f"{NEW_FOLDERS_SENSOR}:{tick}:{start}:{end}",
             tags={RANGE_START_TAG: start, RANGE_END_TAG: end, TRIGGER_TAG: NEW_FOLDERS_SENSOR},
-            asset_selection=selection,
         )
         for start, end in ranges
     ]
@@ -556,7 +558,6 @@ def build_new_photo_folders_sensor(
     max_seconds_per_tick: float = DEFAULT_SECONDS_PER_TICK,
     minimum_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS,
     default_status: dg.DefaultSensorStatus | None = None,
-    asset_selection: Callable[[], Sequence[dg.AssetKey] | None] | None = None,
 ) -> dg.SensorDefinition:
     """The ``new_photo_folders`` sensor: keeps the folder partitions in step with the photo roots.
 
@@ -569,13 +570,15 @@ def build_new_photo_folders_sensor(
     - new or changed photo folder: registered in the :class:`FolderRegistry`, added as a dynamic
       partition (same :class:`dg.SensorResult`) and covered by a range run;
     - at the end of each full pass, a known photo folder that was not seen (deleted, or no image
-      left) gets a run (``photo_files`` records a vanished folder as ``ERR_FILE_VANISHED``, the
+      left) gets a run (``photo_files`` reports the folder as removed, the
       Qdrant asset deletes its points) and its fingerprint is forgotten (NULL), so it is
       requested once; if it comes back it is new again. A root with no photo folder left at all
       is assumed unmounted and nothing under it is treated as vanished;
     - runs are ``partition_ranges`` over the partitions in insertion order (new keys last), at
       most ``max_per_run`` partitions each, run key ``new_photo_folders:<tick>:<start>:<end>``;
-      nothing to do gives a ``SkipReason``.
+      nothing to do gives a ``SkipReason``. They target the whole job: ``blip_captions`` decides
+      in the run, on the machine it executes on, whether to caption (``VIBE_CAPTIONS``), so a
+      tick never imports torch.
 
     Fingerprints live in ``VIBE_HOME/sensor_folders.sqlite3`` (:class:`FolderFingerprints`), not
     in the cursor: 5,000 folders would make a ~300 KB cursor, rewritten every minute into the
@@ -599,10 +602,6 @@ def build_new_photo_folders_sensor(
         minimum_interval_seconds: seconds between ticks.
         default_status: None: RUNNING when roots are given or ``VIBE_PHOTO_ROOTS`` is set when
             definitions load (what a photographer who configured roots expects), else STOPPED.
-        asset_selection: called at each tick that requests runs: the assets they materialize
-            (None: the whole job); definitions leave ``blip_captions`` out when captions are off
-            (CPU), so new folders are searchable fast and ``recaption_schedule`` captions them
-            later. A callable, so that probing for a GPU happens in a tick, not at import.
 
     Raises:
         ValueError: ``max_per_run`` or ``max_folders_per_tick`` is below 1.
@@ -644,7 +643,6 @@ def build_new_photo_folders_sensor(
             max_per_run,
             max_folders_per_tick,
             max_seconds_per_tick,
-            asset_selection,
         )
 
     return new_photo_folders

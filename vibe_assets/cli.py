@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 import warnings
 from typing import Any
 
@@ -59,9 +60,12 @@ def ingest(paths: tuple[str, ...], captions: bool | None, as_json: bool, quiet: 
     """Register each folder in PATHS and ingest it: scan, hash, decode, embed, (caption,) upsert
     to Qdrant.
 
-    One Dagster run per folder. With --json, one folder prints one JSON object, several print a
-    JSON array of them. Exits 1 when a run failed, 2 on a usage error (e.g. a PATH that is not a
-    directory; nothing is ingested then).
+    One Dagster run per folder, executed in this process. With --json, one folder prints one
+    JSON object, several print a JSON array of them. A run waiting for a pool slot held by
+    another run says so every 10 s. Ctrl-C (or SIGTERM) stops the run after its current batch
+    (at once while it waits), leaves it CANCELED with no slot held, and exits 130 (143 for
+    SIGTERM); a second Ctrl-C stops at once. Exits 1 when a run failed, 2 on a usage error
+    (e.g. a PATH that is not a directory; nothing is ingested then).
     """
     from vibe_assets.definitions import captions_enabled
 
@@ -71,38 +75,83 @@ def ingest(paths: tuple[str, ...], captions: bool | None, as_json: bool, quiet: 
         raise click.BadParameter(str(exc)) from exc
     registered = [_register(path) for path in paths]
     from vibe_assets.assets import blip_captions
-    from vibe_assets.definitions import INGEST_JOB, build_definitions
+    from vibe_assets.definitions import build_definitions, ingest_job
+    from vibe_assets.runs import force_cancel_run, mark_canceling, run_interruptibly
+    from vibe_assets.settings import CAPTIONS_TAG
     from vibe_assets.summary import format_summary, ingest_summary
 
-    defs = build_definitions()
-    job = defs.resolve_job_def(INGEST_JOB)
     selection = None
     if not with_captions:  # BLIP is then never loaded
-        keys = defs.resolve_asset_graph().get_all_asset_keys()
+        keys = build_definitions().resolve_asset_graph().get_all_asset_keys()
         selection = sorted(keys - {blip_captions.key}, key=lambda k: k.to_user_string())
     level = "WARNING" if quiet else "INFO"
+    recon = dg.reconstructable(ingest_job)
     summaries = []
+    interrupted = None
     for folder, instance in registered:
-        start = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=folder.key,
-            instance=instance,
-            raise_on_error=False,
-            asset_selection=selection,
-            run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        invocation = uuid.uuid4().hex
+        tags = {
+            "dagster/partition": folder.key,
+            INVOCATION_TAG: invocation,
+            CAPTIONS_TAG: "on" if with_captions else "off",
+            "vibe/trigger": "cli",
+        }
+
+        def work(folder: Any = folder, instance: Any = instance, tags: dict = tags) -> dict:
+            start = time.perf_counter()
+            with dg.execute_job(
+                recon,
+                instance=instance,
+                tags=tags,
+                asset_selection=selection,
+                run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+                raise_on_error=False,
+            ) as result:
+                return ingest_summary(
+                    result,
+                    folder=str(folder.path),
+                    partition_key=folder.key,
+                    seconds=time.perf_counter() - start,
+                    status=_run_status(instance, result.run_id),
+                )
+
+        def cancel(instance: Any = instance, invocation: str = invocation) -> None:
+            mark_canceling(instance, _run_id_of(instance, invocation), "interrupted")
+
+        def force(instance: Any = instance, invocation: str = invocation) -> None:
+            force_cancel_run(instance, _run_id_of(instance, invocation), "interrupted")
+
+        summary, interrupted = run_interruptibly(
+            work, cancel, force, say=lambda msg: click.echo(msg, err=True)
         )
-        summary = ingest_summary(
-            result,
-            folder=str(folder.path),
-            partition_key=folder.key,
-            seconds=time.perf_counter() - start,
-        )
-        summaries.append(summary)
-        if not as_json:
-            click.echo(format_summary(summary))
-    if as_json:
+        if summary is not None:
+            summaries.append(summary)
+            if not as_json:
+                click.echo(format_summary(summary))
+        if interrupted is not None:
+            took = f"{interrupted.seconds:.1f} s after the signal"
+            how = "force-stopped" if interrupted.forced else "canceled"
+            click.echo(f"interrupted: run {how} {took}; re-run to resume", err=True)
+            break
+    if as_json and summaries:
         click.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+    if interrupted is not None:
+        sys.exit(interrupted.exit_code)
     sys.exit(0 if all(s["success"] for s in summaries) else 1)
+
+
+INVOCATION_TAG = "vibe/invocation"
+"""Run tag with a random id per CLI run, so the CLI finds its run (to force-cancel it)."""
+
+
+def _run_id_of(instance: Any, invocation: str) -> str | None:
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={INVOCATION_TAG: invocation}), limit=1)
+    return runs[0].run_id if runs else None
+
+
+def _run_status(instance: Any, run_id: str) -> str:
+    run = instance.get_run_by_id(run_id)
+    return run.status.value if run is not None else "UNKNOWN"
 
 
 def _collection(name: str | None) -> Any:
@@ -177,12 +226,17 @@ def folders_add(path: str) -> None:
 
 @folders.command("list")
 def folders_list() -> None:
-    """List registered folders: partition key and path."""
+    """List registered folders: partition key and path; a folder whose last ingest found it gone
+    is marked removed, one that is gone but not ingested since is marked missing."""
     from vibe_assets.resources.store import StoreResource
 
     for folder in StoreResource.from_env().registry.list():
-        missing = "" if folder.path.is_dir() else "\t(missing)"
-        click.echo(f"{folder.key}\t{folder.path}{missing}")
+        if folder.vanished:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(folder.vanished_at))
+            state = f"\t(removed: gone since {when}; its points were deleted)"
+        else:
+            state = "" if folder.path.is_dir() else "\t(missing: not ingested since)"
+        click.echo(f"{folder.key}\t{folder.path}{state}")
 
 
 @folders.command("remove")
@@ -278,6 +332,43 @@ def collections_delete(name: str, yes: bool) -> None:
             click.confirm(f"delete collection {name!r} with {points} points?", abort=True)
         client.delete_collection(name)
     click.echo(f"deleted collection {name!r} ({points} points)")
+
+
+@main.group()
+def runs() -> None:
+    """Dagster runs of this instance: clean up runs whose process died."""
+
+
+@runs.command("cleanup")
+@click.option("--dry-run", is_flag=True, help="Only list the runs that would be cleaned up.")
+def runs_cleanup(dry_run: bool) -> None:
+    """End runs of this host whose process is gone (killed, crashed, power loss).
+
+    Such a run stays STARTED in Dagster and keeps its pool slots, so every later run waits for
+    it forever. Each one is marked FAILURE (CANCELED if it was being canceled) and its slots
+    are freed. Runs started on other hosts, or by tools that do not record their worker, are
+    listed and left alone. Every run does this by itself when it starts; this command is for
+    a stuck instance seen in the UI.
+    """
+    from vibe_assets.instance import get_instance
+    from vibe_assets.runs import cleanup_dead_runs, find_dead_runs
+
+    instance = get_instance()
+    _, unknown = find_dead_runs(instance)
+    cleaned = cleanup_dead_runs(instance, dry_run=dry_run, log_fn=lambda _: None)
+    verb = "would clean up" if dry_run else "cleaned up"
+    for item in cleaned:
+        held = f", freed pool(s) {', '.join(item.pools)}" if item.pools and not dry_run else ""
+        click.echo(
+            f"{verb} {item.run_id} ({item.job_name}, {item.status} -> {item.new_status}): "
+            f"{item.reason}{held}"
+        )
+    for item in unknown:
+        click.echo(f"left alone {item.run_id} ({item.job_name}, {item.status}): {item.why}")
+    if not cleaned and not unknown:
+        click.echo("no active runs: nothing to clean up")
+    elif not cleaned:
+        click.echo("no dead runs on this host")
 
 
 if __name__ == "__main__":

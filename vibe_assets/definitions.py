@@ -20,6 +20,7 @@ from vibe_assets.assets import (
 )
 from vibe_assets.automation import build_new_photo_folders_sensor, build_recaption_schedule
 from vibe_assets.collections import CollectionSpec, load_collections
+from vibe_assets.executor import vibe_in_process_executor
 from vibe_assets.resources import (
     BlipResource,
     ClipResource,
@@ -30,6 +31,8 @@ from vibe_assets.resources import (
 from vibe_assets.resources.blip import DEFAULT_BLIP_MODEL
 from vibe_assets.resources.device import resolve_device
 from vibe_assets.settings import (
+    captions_mode,
+    decide_captions,
     env_int,
     env_str,
     vibe_home,
@@ -71,6 +74,7 @@ def default_resources() -> dict[str, Any]:
             prompt=env_str("VIBE_BLIP_PROMPT", ""),
             device=env_str("VIBE_DEVICE", "auto"),
             idle_unload_seconds=env_int("VIBE_BLIP_IDLE_UNLOAD_SECONDS", 300),
+            captions=captions_mode(),
         ),
         "qdrant": QdrantResource(
             path=str(home / "qdrant"),
@@ -81,18 +85,17 @@ def default_resources() -> dict[str, Any]:
 
 
 def captions_enabled() -> bool:
-    """Whether ingest runs caption: ``VIBE_CAPTIONS`` = ``on`` | ``off`` | ``auto`` (default:
-    on with a CUDA GPU, off on CPU where BLIP-base takes ~2 s per image; DESIGN.md).
+    """Whether a run executed by this process captions (``VIBE_CAPTIONS``; ``auto``: on with a
+    CUDA GPU here; see :func:`vibe_assets.settings.decide_captions`). Imports torch for
+    ``auto``: call it only where runs execute (the CLI), never in a sensor tick.
 
     Raises:
         ValueError: ``VIBE_CAPTIONS`` has another value.
     """
-    mode = env_str("VIBE_CAPTIONS", "auto").lower()
-    if mode not in {"auto", "on", "off"}:
-        raise ValueError(f"VIBE_CAPTIONS must be auto, on or off, got {mode!r}")
-    if mode == "auto":
-        return resolve_device("auto").startswith("cuda")
-    return mode == "on"
+    enabled, _ = decide_captions(
+        captions_mode(), device=lambda: resolve_device(env_str("VIBE_DEVICE", "auto"))
+    )
+    return enabled
 
 
 def build_assets(collections: list[CollectionSpec]) -> list[dg.AssetsDefinition]:
@@ -120,7 +123,7 @@ def build_definitions(
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
         selection=dg.AssetSelection.assets(*assets),
-        executor_def=dg.in_process_executor,  # one process: each model loads once per run
+        executor_def=vibe_in_process_executor,  # one process: each model loads once per run
         description=(
             "Scan, hash, decode, embed, caption and upsert the selected folder partitions "
             "(`vibe-assets ingest` leaves blip_captions out unless captions are on)."
@@ -129,7 +132,7 @@ def build_definitions(
     caption_job = dg.define_asset_job(
         CAPTION_JOB,
         selection=dg.AssetSelection.assets(blip_captions, *qdrant_assets),
-        executor_def=dg.in_process_executor,
+        executor_def=vibe_in_process_executor,
         description="Caption images that lack a caption from the current model; update payloads.",
     )
     schedule = build_recaption_schedule(
@@ -137,12 +140,10 @@ def build_definitions(
         cron=env_str("VIBE_RECAPTION_CRON", DEFAULT_RECAPTION_CRON),
         max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
     )
-    without_captions = [k for a in assets if a is not blip_captions for k in a.keys]
     new_folders_sensor = build_new_photo_folders_sensor(
         ingest_job,
         max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
         max_folders_per_tick=env_int("VIBE_SENSOR_MAX_FOLDERS_PER_TICK", 2000),
-        asset_selection=lambda: None if captions_enabled() else without_captions,
     )
     return dg.Definitions(
         assets=assets,
@@ -150,7 +151,16 @@ def build_definitions(
         schedules=[schedule],
         sensors=[new_folders_sensor],
         resources=resources if resources is not None else default_resources(),
+        # UI "Materialize" and backfills run __ASSET_JOB: one process per run, like the CLI.
+        executor=vibe_in_process_executor,
     )
 
 
 defs = build_definitions()
+
+
+def ingest_job() -> dg.JobDefinition:
+    """``ingest_job`` built from the environment now, for ``dg.reconstructable``: the CLI
+    executes it with ``dg.execute_job``, which keeps the job's executor (``execute_in_process``
+    would replace it with a plain one)."""
+    return build_definitions().resolve_job_def(INGEST_JOB)

@@ -78,24 +78,36 @@ def is_within(path: str | Path, root: str | Path) -> bool:
 class Folder:
     """A registered folder: partition ``key``, absolute ``path``, ``added_at`` (Unix seconds),
     ``recursive`` (its partition covers subfolders too: folders given to ``vibe-assets``; the
-    ``new_photo_folders`` sensor registers each photo folder on its own, not recursive)."""
+    ``new_photo_folders`` sensor registers each photo folder on its own, not recursive) and
+    ``vanished_at`` (Unix seconds when ``photo_files`` first found its path gone, its points
+    then removed; None while it exists or before any scan saw it gone)."""
 
     key: str
     path: Path
     added_at: float
     recursive: bool = True
+    vanished_at: float | None = None
+
+    @property
+    def vanished(self) -> bool:
+        """True when the last ``photo_files`` scan found the folder's path gone."""
+        return self.vanished_at is not None
 
 
-_COLUMNS = "key, path, added_at, recursive"
-_INSERT = f"INSERT OR IGNORE INTO folders ({_COLUMNS}) VALUES (?, ?, ?, ?)"
+_COLUMNS = "key, path, added_at, recursive, vanished_at"
+_INSERT = "INSERT OR IGNORE INTO folders (key, path, added_at, recursive) VALUES (?, ?, ?, ?)"
 
 
-def _folder(key: str, path: str, added_at: float, recursive: int) -> Folder:
-    return Folder(key, Path(path), added_at, bool(recursive))
+def _folder(
+    key: str, path: str, added_at: float, recursive: int, vanished_at: float | None
+) -> Folder:
+    return Folder(key, Path(path), added_at, bool(recursive), vanished_at)
 
 
 class FolderRegistry:
-    """SQLite map of partition key -> absolute folder path (``VIBE_HOME/registry.sqlite3``).
+    """SQLite map of partition key -> absolute folder path (``VIBE_HOME/registry.sqlite3``),
+    with whether the folder has vanished (:meth:`mark_vanished`, :meth:`clear_vanished`,
+    :attr:`Folder.vanished_at`; older registries gain the column when opened).
 
     All SQL is parameterized. Safe to use from several processes (SQLite locking, short
     transactions).
@@ -108,11 +120,13 @@ class FolderRegistry:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS folders ("
                 " key TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE, added_at REAL NOT NULL,"
-                " recursive INTEGER NOT NULL DEFAULT 1)"
+                " recursive INTEGER NOT NULL DEFAULT 1, vanished_at REAL)"
             )
             columns = {row[1] for row in db.execute("PRAGMA table_info(folders)")}
             if "recursive" not in columns:  # registry written by an earlier version
                 db.execute("ALTER TABLE folders ADD COLUMN recursive INTEGER NOT NULL DEFAULT 1")
+            if "vanished_at" not in columns:  # registry written before vanished folders were kept
+                db.execute("ALTER TABLE folders ADD COLUMN vanished_at REAL")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -176,10 +190,10 @@ class FolderRegistry:
             for i in range(0, len(rows), 500):
                 keys = [key for key, _ in rows[i : i + 500]]
                 marks = ",".join("?" * len(keys))
-                for k, p, a, r in db.execute(
+                for row in db.execute(
                     f"SELECT {_COLUMNS} FROM folders WHERE key IN ({marks})", keys
                 ):
-                    found[k] = _folder(k, p, a, r)
+                    found[row[0]] = _folder(*row)
         return [found[key] for key, _ in rows if key in found], failures
 
     def get(self, key: str) -> Folder | None:
@@ -215,6 +229,31 @@ class FolderRegistry:
         with contextlib.suppress(OSError):
             return self.get(folder_key(Path(key_or_path)))
         return None
+
+    def mark_vanished(self, key: str, when: float | None = None) -> bool:
+        """Record that ``key``'s folder path no longer exists (``photo_files`` calls it when a
+        scan finds the root gone). The first time is kept: marking an already vanished folder
+        again changes nothing. ``when``: Unix seconds, default now.
+
+        Returns:
+            True when the folder was not marked before (and is registered).
+        """
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE folders SET vanished_at = ? WHERE key = ? AND vanished_at IS NULL",
+                (time.time() if when is None else when, key),
+            )
+        return cur.rowcount > 0
+
+    def clear_vanished(self, key: str) -> bool:
+        """Forget that ``key``'s folder had vanished (``photo_files`` calls it when a scan finds
+        the root again). Returns True when it was marked."""
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE folders SET vanished_at = NULL WHERE key = ? AND vanished_at IS NOT NULL",
+                (key,),
+            )
+        return cur.rowcount > 0
 
     def remove(self, key: str) -> bool:
         """Unregister ``key``; True when it was registered."""

@@ -1,14 +1,29 @@
-"""Run reports: failure tables and counts per error code, as Dagster metadata and JSON."""
+"""Run reports: failure tables and counts per error code, sizes for people, and per-partition
+metadata as Dagster records it.
+
+In a range run (``context.partition_keys`` has several folder keys) Dagster copies a
+``MaterializeResult``'s metadata to every partition's materialization. The assets therefore
+record each folder's own numbers with :func:`add_partition_metadata` (partition-scoped metadata,
+merged over the result's for that partition's event) and put only run-level values in the
+result, under keys starting with :data:`RUN_PREFIX`:
+
+- a key without the prefix (``files``, ``failed``, ``decoded``, ...) is THIS partition's number,
+  in single-partition and range runs alike;
+- ``run_<name>`` totals (:func:`run_totals`) appear in range runs only (in a single-partition
+  run they would repeat the partition's numbers); wall-clock timings of a step shared by all
+  the run's folders (decode + embed pipeline, captioning) are ``run_...`` in every run.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 
 MAX_TABLE_ROWS = 500  # keep materialization metadata small; the JSON copy holds every row.
+RUN_PREFIX = "run_"  # run-level metadata keys (never a single folder's number)
 
 FAILURES_SCHEMA = dg.TableSchema(
     columns=[
@@ -18,6 +33,37 @@ FAILURES_SCHEMA = dg.TableSchema(
     ]
 )
 
+_BINARY_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def human_size(n_bytes: int | float) -> str:
+    """A size in bytes as people read it, in binary units (1 KiB = 1024 B): ``"0 B"``,
+    ``"512 B"``, ``"1.5 KiB"``, ``"15.6 GiB"``. Bytes are whole; from KiB up one decimal,
+    rounded, never ``"1024.0 KiB"`` (that is ``"1.0 MiB"``); EiB is the largest unit.
+
+    Raises:
+        ValueError: ``n_bytes`` is negative.
+    """
+    if n_bytes < 0:
+        raise ValueError(f"a size cannot be negative: {n_bytes}")
+    if n_bytes < 1024:
+        return f"{int(n_bytes)} B"
+    value = float(n_bytes)
+    for unit in _BINARY_UNITS:
+        value /= 1024
+        if round(value, 1) < 1024 or unit == _BINARY_UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def failure_rows(failures: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """``{"path", "code", "message"}`` rows (text) of ``failures``, sorted by path; other keys
+    of a failure (e.g. a cached failure's ``decoder``) are left out."""
+    return sorted(
+        ({k: str(f[k]) for k in ("path", "code", "message")} for f in failures),
+        key=lambda r: r["path"],
+    )
+
 
 def failure_metadata(failures: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Metadata entries for a list of ``{"path", "code", "message"}`` failures.
@@ -25,10 +71,7 @@ def failure_metadata(failures: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     Returns ``failed`` (int), ``failed_by_code`` (JSON ``{code: count}``), ``failures`` (table of
     at most :data:`MAX_TABLE_ROWS` rows) and ``failures_json`` (every row, for scripts).
     """
-    rows = sorted(
-        ({k: str(f[k]) for k in ("path", "code", "message")} for f in failures),
-        key=lambda r: r["path"],
-    )
+    rows = failure_rows(failures)
     by_code = Counter(r["code"] for r in rows)
     return {
         "failed": dg.MetadataValue.int(len(rows)),
@@ -38,3 +81,40 @@ def failure_metadata(failures: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         ),
         "failures_json": dg.MetadataValue.json(rows),
     }
+
+
+def run_metadata(partition_keys: Sequence[str], totals: Mapping[str, Any]) -> dict[str, Any]:
+    """Run-level metadata of a range run: ``run_partitions`` (folders in the run) and
+    ``run_<name>`` for each of ``totals``; ``{}`` when the run covers one partition (its own
+    metadata already says it all)."""
+    if len(partition_keys) < 2:
+        return {}
+    return {
+        f"{RUN_PREFIX}partitions": len(partition_keys),
+        **{f"{RUN_PREFIX}{name}": value for name, value in totals.items()},
+    }
+
+
+def run_totals(
+    partition_keys: Sequence[str], counts: Mapping[str, Mapping[str, int | float]]
+) -> dict[str, Any]:
+    """:func:`run_metadata` of per-partition ``counts`` (``{partition key: {name: number}}``)
+    summed over the partitions (right for files, which belong to one folder; images shared
+    by folders would count once per folder)."""
+    totals: Counter[str] = Counter()
+    for numbers in counts.values():
+        totals.update(numbers)
+    return run_metadata(partition_keys, dict(sorted(totals.items())))
+
+
+def add_partition_metadata(
+    context: dg.AssetExecutionContext,
+    per_partition: Mapping[str, Mapping[str, Any]],
+    asset_key: dg.AssetKey | None = None,
+) -> None:
+    """Record ``per_partition`` (``{partition key: metadata}``) on each partition's own
+    materialization of ``asset_key`` (None: the context's only asset). Call it before the
+    asset's ``MaterializeResult`` is returned or yielded; Dagster merges these entries over
+    the result's metadata for that partition's event."""
+    for key, metadata in per_partition.items():
+        context.add_asset_metadata(dict(metadata), asset_key=asset_key, partition_key=key)

@@ -4,10 +4,12 @@ Hidden files and folders (name starting with ``.``) are skipped. Symbolic links 
 (neither files nor folders), so a scan never reads outside its folder. Format comes from the
 content (first bytes), not the extension; a file with an image extension whose content is not an
 image is still listed, so that it is reported with an error code instead of vanishing silently.
+A folder whose root no longer exists is *removed* (an empty listing, no failure), not a failed file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,13 +34,15 @@ class ScannedFile:
 @dataclass
 class ScanResult:
     """Result of :func:`scan_folder`: candidate ``files``, per-path ``failures``
-    (``{"path", "code", "message"}``) and counts of skipped entries."""
+    (``{"path", "code", "message"}``), counts of skipped entries, and ``removed`` (the root
+    itself no longer exists: the listing is empty and that is not a failure)."""
 
     files: list[ScannedFile] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     skipped_hidden: int = 0
     skipped_symlinks: int = 0
     skipped_other: int = 0
+    removed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (stored per folder by ``photo_files``)."""
@@ -48,6 +52,7 @@ class ScanResult:
             "skipped_hidden": self.skipped_hidden,
             "skipped_symlinks": self.skipped_symlinks,
             "skipped_other": self.skipped_other,
+            "removed": self.removed,
         }
 
 
@@ -55,13 +60,19 @@ def _failure(path: str | Path, err: PhotoError) -> dict[str, str]:
     return {"path": str(path), **err.to_dict()}
 
 
+def _is_missing(exc: OSError) -> bool:
+    return isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT
+
+
 def scan_folder(root: str | Path, recursive: bool = True) -> ScanResult:
     """Walk ``root`` with ``os.scandir`` (into subfolders when ``recursive``) and list
     candidate image files.
 
     Unreadable folders/files are recorded as failures (``ERR_PERMISSION_DENIED``,
-    ``ERR_FILE_VANISHED``, ...), never raised. A vanished ``root`` gives an empty result with one
-    ``ERR_FILE_VANISHED`` failure, so downstream assets remove its points.
+    ``ERR_FILE_VANISHED``, ...), never raised. A ``root`` that no longer exists (``ENOENT``:
+    deleted, or a parent folder gone) gives an empty result with ``removed=True`` and no failure,
+    so downstream assets remove its points and report nothing failed; a root that exists but
+    cannot be read (e.g. ``EACCES``) is a failure on the root's path, not a removal.
 
     Returns:
         ScanResult with files sorted by path.
@@ -73,6 +84,8 @@ def scan_folder(root: str | Path, recursive: bool = True) -> ScanResult:
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
+            if folder == str(root) and _is_missing(exc):
+                return ScanResult(removed=True)
             result.failures.append(_failure(folder, error_from_os_error(exc)))
             continue
         for entry in entries:

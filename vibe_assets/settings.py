@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 DEFAULT_VIBE_HOME = "~/.vibe_assets"
@@ -17,6 +17,11 @@ DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_WEIGHTS = "laion2b_s34b_b79k"
 DEFAULT_COLLECTION = "photos"
 PHOTO_ROOTS_ENV = "VIBE_PHOTO_ROOTS"
+CAPTIONS_ENV = "VIBE_CAPTIONS"
+CAPTIONS_TAG = "vibe/captions"
+"""Run tag ``on`` | ``off``: caption in this run or not, whatever ``VIBE_CAPTIONS`` says (set by
+``vibe-assets ingest --captions/--no-captions`` and by ``recaption_schedule``)."""
+CAPTION_MODES = ("auto", "on", "off")
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,49 @@ def env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def captions_mode(raw: str | None = None) -> str:
+    """``VIBE_CAPTIONS`` (or ``raw``), lower-cased: ``auto`` (default: caption on a CUDA GPU,
+    not on a CPU where BLIP-base takes ~2 s per image, DESIGN.md), ``on`` or ``off``.
+
+    Raises:
+        ValueError: another value (the message names the variable).
+    """
+    mode = (raw if raw is not None else env_str(CAPTIONS_ENV, "auto")).strip().lower() or "auto"
+    if mode not in CAPTION_MODES:
+        raise ValueError(f"{CAPTIONS_ENV} must be auto, on or off, got {mode!r}")
+    return mode
+
+
+def decide_captions(
+    mode: str,
+    device: Callable[[], str],
+    tag: str | None = None,
+    caption_run: bool = False,
+) -> tuple[bool, str]:
+    """Whether a run captions, and why (one phrase for logs and metadata).
+
+    In order: a run tag ``vibe/captions`` = ``on``/``off`` (``tag``) decides; a *caption run*
+    (one that captions previews made earlier: ``caption_job``, ``recaption_schedule``, or
+    ``blip_captions`` selected on its own in the UI) captions, as that is an explicit choice;
+    otherwise ``mode`` (``VIBE_CAPTIONS``): ``on``, ``off``, or ``auto``, which captions only
+    when ``device()`` (called only then, on the machine the run executes on: it imports torch)
+    names a CUDA device.
+    """
+    if tag in ("on", "off"):
+        return tag == "on", f"run tag {CAPTIONS_TAG}={tag}"
+    if caption_run:
+        return True, "captions requested on their own (a caption run)"
+    if mode != "auto":
+        return mode == "on", f"{CAPTIONS_ENV}={mode}"
+    found = device()
+    if found.startswith("cuda"):
+        return True, f"{CAPTIONS_ENV}=auto and this machine has {found}"
+    return False, (
+        f"{CAPTIONS_ENV}=auto and this machine has no CUDA GPU ({found}): captions are left to "
+        "recaption_schedule or an explicit caption run"
+    )
 
 
 def check_photo_roots(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:

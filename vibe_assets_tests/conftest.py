@@ -25,6 +25,7 @@ from vibe_assets.resources import (
     QdrantResource,
     StoreResource,
 )
+from vibe_assets.settings import CAPTIONS_TAG
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 needs_samples = pytest.mark.skipif(
@@ -142,7 +143,9 @@ class Env:
     ) -> dg.ExecuteInProcessResult:
         """Materialize the chain for one key, or a range run from keys[0] to keys[-1] (or the
         range in ``tags``). Captions off by default (like ``vibe-assets ingest`` on CPU);
-        ``only_captions`` runs what the caption job runs (blip_captions + Qdrant)."""
+        ``captions`` includes blip_captions with the run tag ``vibe/captions=on`` (like
+        ``--captions``); ``only_captions`` runs what the caption job runs (blip_captions +
+        Qdrant: a caption run)."""
         assets = build_assets(self.collections)
         if only_captions:
             selection = [blip_captions.key, *(dg.AssetKey(c.asset_name) for c in self.collections)]
@@ -151,12 +154,17 @@ class Env:
         else:
             selection = [k for a in assets for k in a.keys if k != blip_captions.key]
         kwargs: dict[str, Any] = {"selection": selection}
+        # captions=True is `vibe-assets ingest --captions`: the run tag overrides VIBE_CAPTIONS.
+        on = {CAPTIONS_TAG: "on"} if captions else {}
         if tags is not None:
-            kwargs["tags"] = tags
+            kwargs["tags"] = {**on, **tags}
         elif len(keys) == 1:
             kwargs["partition_key"] = keys[0]
+            if on:
+                kwargs["tags"] = on
         else:
             kwargs["tags"] = {
+                **on,
                 "dagster/asset_partition_range_start": keys[0],
                 "dagster/asset_partition_range_end": keys[-1],
             }

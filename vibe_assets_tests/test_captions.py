@@ -174,3 +174,58 @@ def test_random_blip_weights_only_when_asked(tiny_blip_dir: Path) -> None:
     assert "random" in blip.model_id
     assert BlipResource(model_name=str(tiny_blip_dir)).model_id != blip.model_id
     blip.unload()
+
+
+@pytest.mark.parametrize(
+    ("mode", "device", "tags", "expect"),
+    [
+        ("auto", "cpu", {}, "off"),  # "Materialize all" / a backfill on a CPU
+        ("on", "cpu", {}, "on"),
+        ("off", "cpu", {"vibe/captions": "on"}, "on"),  # --captions
+        ("on", "cpu", {"vibe/captions": "off"}, "off"),
+    ],
+)
+def test_runs_that_ingest_follow_vibe_captions_decided_in_the_run(
+    env: Env,
+    tmp_path: Path,
+    blip_calls: Counter[str],
+    mode: str,
+    device: str,
+    tags: dict[str, str],
+    expect: str,
+) -> None:
+    key = env.add_folder(_photos(tmp_path / "lib", 2, seed=5))
+    blip = env.resources["blip"]
+    env.resources["blip"] = BlipResource(
+        model_name=blip.model_name,
+        batch_size=blip.batch_size,
+        max_new_tokens=blip.max_new_tokens,
+        captions=mode,
+        device=device,
+    )
+    assets = build_assets(env.collections)
+    result = dg.materialize(  # every asset, as the UI's "Materialize all" does
+        assets,
+        instance=env.instance,
+        resources=env.resources,
+        partition_key=key,
+        tags=tags or None,
+    )
+    md = metadata(result, "blip_captions")
+    assert md["captions"] == expect and md["captions_reason"]
+    assert (blip_calls["loads"], blip_calls["captioned"]) == ((1, 2) if expect == "on" else (0, 0))
+    assert all(bool(p.get("caption")) is (expect == "on") for p in env.points().values())
+
+
+def test_a_caption_run_captions_even_when_vibe_captions_is_off(
+    env: Env, tmp_path: Path, blip_calls: Counter[str]
+) -> None:
+    key = env.add_folder(_photos(tmp_path / "lib", 2, seed=6))
+    blip = env.resources["blip"]
+    env.resources["blip"] = BlipResource(
+        model_name=blip.model_name, batch_size=blip.batch_size, captions="off"
+    )
+    assert env.materialize(key).success
+    result = env.materialize(key, only_captions=True)  # blip_captions selected on its own
+    assert metadata(result, "blip_captions")["captions"] == "on"
+    assert blip_calls["captioned"] == 2

@@ -71,8 +71,8 @@ def test_model_runs_before_decoding_is_done(
     assert len(decodes) == 10 and len(encodes) == 5
     assert encodes[0] < decodes[-1], events  # the model ran while images were still decoding
     previews = metadata(result, "photo_previews")
-    assert previews["decoded"] == 10 and previews["decode_ms_per_image"] > 0
-    assert "decode_seconds" not in previews  # no wall time of its own beside the model
+    assert previews["decoded"] == 10 and previews["run_decode_ms_per_image"] > 0
+    assert "run_decode_seconds" not in previews  # no wall time of its own beside the model
     assert metadata(result, "clip_embeddings")["embedded"] == 10
     assert len(env.points()) == 10
 
@@ -110,7 +110,7 @@ def test_each_asset_alone(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(ClipResource, "_load", counting_load)
     first = materialize(env, key, "photo_files", "photo_hashes", "photo_previews")
     alone = metadata(first, "photo_previews")
-    assert alone["decoded"] == 4 and alone["decode_seconds"] > 0
+    assert alone["decoded"] == 4 and alone["run_decode_seconds"] > 0
     assert loads == []
     with pytest.raises(AssertionError):
         metadata(first, "clip_embeddings")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -9,6 +10,7 @@ import pytest
 
 from vibe_assets import definitions
 from vibe_assets.instance import INSTANCE_YAML
+from vibe_assets.settings import captions_mode, decide_captions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +30,12 @@ def test_definitions_load_with_partitioned_assets_jobs_and_schedule() -> None:
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.partitions_def is not None and node.partitions_def.name == "photo_folder"
+    # Runs launched from the UI (__ASSET_JOB) and the jobs: one process per run.
+    assert definitions.defs.resolve_implicit_global_asset_job_def().executor_def.name == (
+        "vibe_in_process"
+    )
+    for job in ("ingest_job", "caption_job"):
+        assert definitions.defs.resolve_job_def(job).executor_def.name == "vibe_in_process"
         assert node.backfill_policy == dg.BackfillPolicy.multi_run(32)
     job = definitions.defs.resolve_job_def(definitions.INGEST_JOB)
     assert job.partitions_def is not None
@@ -45,29 +53,88 @@ def test_repo_dagster_yaml_matches_cli_copy() -> None:
     assert (REPO / "dagster.yaml").read_text() == INSTANCE_YAML
 
 
-def test_sensor_runs_leave_captions_out_when_captions_are_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from PIL import Image
+SENSOR_TICK = """
+import sys
 
-    from vibe_assets.resources import StoreResource
+import dagster as dg
+
+from vibe_assets import definitions
+from vibe_assets.resources import StoreResource
+
+sensor = definitions.defs.resolve_sensor_def("new_photo_folders")
+with (
+    dg.instance_for_test() as instance,
+    dg.build_sensor_context(
+        instance=instance, resources={"store": StoreResource(home=sys.argv[1])}
+    ) as context,
+):
+    [request] = sensor.evaluate_tick(context).run_requests
+print(request.asset_selection, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("mode", ["auto", "off", "on"])
+def test_sensor_tick_never_imports_torch_and_requests_the_whole_job(
+    tmp_path: Path, mode: str
+) -> None:
+    """Captions are decided in the run (blip_captions), on the machine it executes on; the tick
+    runs on the code server, which may not be that machine."""
+    import subprocess
+    import sys
+
+    from PIL import Image
 
     root = tmp_path / "root"
     (root / "trip").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(root / "trip" / "a.jpg")
-    monkeypatch.setenv("VIBE_PHOTO_ROOTS", str(root))
-    monkeypatch.setenv("VIBE_HOME", str(tmp_path / "home"))
-    for mode, expect_captions in (("off", False), ("on", True)):
-        monkeypatch.setenv("VIBE_CAPTIONS", mode)
-        defs = definitions.build_definitions()
-        sensor = defs.resolve_sensor_def("new_photo_folders")
-        store = StoreResource(home=str(tmp_path / f"home-{mode}"))
-        with (
-            dg.instance_for_test() as instance,
-            dg.build_sensor_context(instance=instance, resources={"store": store}) as context,
-        ):
-            [request] = sensor.evaluate_tick(context).run_requests
-        keys = None if request.asset_selection is None else set(request.asset_selection)
-        has_captions = keys is None or dg.AssetKey("blip_captions") in keys
-        assert has_captions is expect_captions
-        assert keys is None or dg.AssetKey("qdrant_photos") in keys
+    env = {
+        **os.environ,
+        "VIBE_PHOTO_ROOTS": str(root),
+        "VIBE_HOME": str(tmp_path / "home"),
+        "VIBE_CAPTIONS": mode,
+        "PYTHONPATH": str(REPO),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", SENSOR_TICK, str(tmp_path / "store")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert out.strip().splitlines()[-1] == "None False"
+
+
+@pytest.mark.parametrize(
+    ("mode", "device", "tag", "caption_run", "expected"),
+    [
+        ("auto", "cpu", None, False, False),
+        ("auto", "cuda", None, False, True),
+        ("auto", "cuda:1", None, False, True),
+        ("auto", "mps", None, False, False),
+        ("on", "cpu", None, False, True),
+        ("off", "cuda", None, False, False),
+        ("off", "cpu", None, True, True),  # a caption run is an explicit choice
+        ("on", "cuda", "off", False, False),  # the run tag wins
+        ("off", "cpu", "on", False, True),
+        ("auto", "cpu", "on", True, True),
+    ],
+)
+def test_decide_captions(
+    mode: str, device: str, tag: str | None, caption_run: bool, expected: bool
+) -> None:
+    probed: list[int] = []
+
+    def probe() -> str:
+        probed.append(1)
+        return device
+
+    enabled, why = decide_captions(mode, probe, tag=tag, caption_run=caption_run)
+    assert enabled is expected and why
+    assert bool(probed) == (mode == "auto" and tag is None and not caption_run)
+
+
+def test_captions_mode_rejects_unknown_values() -> None:
+    assert captions_mode("AUTO") == "auto" and captions_mode("") == "auto"
+    with pytest.raises(ValueError, match="VIBE_CAPTIONS"):
+        captions_mode("sometimes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -341,7 +342,8 @@ def test_describe_and_precision(tmp_path: Path) -> None:
     info = InferenceDeviceResource(device="cpu", cache_dir=str(tmp_path)).describe()
     assert info["device"] == "cpu" and info["device_name"] == "cpu"
     assert info["precision"] == "fp32" and info["torch_version"] == torch.__version__
-    assert info["threads"] == torch.get_num_threads() and info["total_memory_bytes"] > 0
+    assert info["threads"] == torch.get_num_threads()
+    assert re.fullmatch(r"\d+\.\d [KMGTPE]iB", info["total_memory"]), info["total_memory"]
     auto = InferenceDeviceResource(cache_dir=str(tmp_path)).resolve()
     assert auto == ("cuda" if torch.cuda.is_available() else auto)
     assert auto in {"cuda", "mps", "cpu"}

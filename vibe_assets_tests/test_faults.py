@@ -322,7 +322,7 @@ def test_unicode_spaces_and_newlines_in_names_end_to_end(env: Env, tmp_path: Pat
     assert is_valid_key(whole) and is_valid_key(japan)
     result = env.materialize(whole, japan)
     md = metadata(result, "photo_previews")
-    assert md["files_processed"] == len(NAMES) + 1 and md["failed"] == 0
+    assert md["run_files_processed"] == len(NAMES) + 1 and md["run_failed"] == 0
     points = env.points()
     expected = [str(lib / n) for n in NAMES[:-1]] + [str(lib / "not utf-8 \\xff\\xfe.jpg")]
     assert sorted(p for pt in points.values() for p in pt["paths"]) == sorted(expected)

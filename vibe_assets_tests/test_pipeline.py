@@ -121,7 +121,7 @@ def test_photos_and_raws_become_points_then_rerun_recomputes_nothing(
     assert again.success
     assert calls == Counter()  # nothing hashed, decoded, embedded; the model never loaded
     assert metadata(again, "clip_embeddings")["model_loaded"] is False
-    assert metadata(again, "qdrant_photos")["unchanged"] == 13
+    assert metadata(again, "qdrant_photos")["run_unchanged"] == 13  # a range run's total
     assert env.points().keys() == points.keys()
 
 
@@ -185,7 +185,7 @@ def test_copy_across_two_folders_and_range_run(
     shared = next(p for p in points.values() if len(p["paths"]) == 2)
     assert shared["paths"] == sorted([str(a / "a0.jpg"), str(b / "same_as_a0.jpg")])
     assert shared["folder_keys"] == sorted([ka, kb])
-    assert metadata(result, "photo_files")["files"] == 7  # hidden file and .txt skipped
+    assert metadata(result, "photo_files")["run_files"] == 7  # hidden file and .txt skipped
 
     # Removing the copy from folder b keeps the point (still in a) with one path and one key.
     (b / "same_as_a0.jpg").unlink()

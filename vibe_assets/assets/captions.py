@@ -6,10 +6,20 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
-from vibe_assets.assets.previews import PHOTO_PREVIEWS, preview_batches, previewed_shas
+from vibe_assets.assets.previews import (
+    PHOTO_PREVIEWS,
+    paths_by_sha,
+    preview_batches,
+    previewed_shas,
+    require_hashes,
+)
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
+from vibe_assets.report import add_partition_metadata, run_metadata
 from vibe_assets.resources.blip import BlipResource
+from vibe_assets.resources.device import resolve_device
 from vibe_assets.resources.store import StoreResource
+from vibe_assets.runs import raise_if_cancelled
+from vibe_assets.settings import CAPTIONS_TAG, decide_captions
 
 SAMPLE_ROWS = 20  # captions shown in the materialization's sample table
 
@@ -28,6 +38,38 @@ def shas_to_caption(
     return todo, len(shas) - len(todo)
 
 
+def folder_caption_metadata(
+    store: StoreResource,
+    partition_keys: list[str],
+    model_id: str,
+    captions: dict[str, str],
+) -> dict[str, dict[str, Any]]:
+    """``{partition key: metadata}`` of ``blip_captions``: ``captioned`` (the folder's unique
+    previewed images captioned by this run), ``from_cache`` (already captioned by ``model_id``
+    before it) and ``samples`` (up to ``SAMPLE_ROWS`` of this run's captions of the folder, with
+    thumbnail paths). ``captions`` is this run's ``{sha256: caption}``; an image shared by two
+    folders counts in each."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in partition_keys:
+        shas = [
+            sha
+            for sha in paths_by_sha(require_hashes(store, key))
+            if sha in captions or store.preview_info(sha) is not None
+        ]
+        mine = [sha for sha in shas if sha in captions]
+        cached = sum(sha not in captions and store.has_caption(model_id, sha) for sha in shas)
+        samples = [
+            dg.TableRecord({"thumbnail": str(store.thumbnail_path(sha)), "caption": captions[sha]})
+            for sha in mine[:SAMPLE_ROWS]
+        ]
+        out[key] = {
+            "captioned": len(mine),
+            "from_cache": cached,
+            "samples": dg.MetadataValue.table(records=samples, schema=SAMPLE_SCHEMA),
+        }
+    return out
+
+
 @dg.asset(
     deps=[PHOTO_PREVIEWS],
     partitions_def=photo_folder_partitions,
@@ -43,13 +85,39 @@ def blip_captions(
     the configured caption model yet. Batched ``generate``; each batch is stored as soon as it
     is done, so a crash loses at most one batch. BLIP is not loaded when there is nothing to
     caption. Captions reach Qdrant payloads through the ``qdrant_*`` assets (payload only; the
-    vectors are not re-sent); older captions stay until a new one replaces them.
+    vectors are not re-sent); older captions stay until a new one replaces them. Each
+    partition's metadata holds its own folder's counts and caption samples; timings
+    (``run_...``) are the run's.
+
+    Whether this run captions is decided here, on the machine the run executes on
+    (:func:`vibe_assets.settings.decide_captions`): the run tag ``vibe/captions``, else a run
+    that does not also make previews (``caption_job``, ``recaption_schedule``, this asset
+    selected on its own) captions, else ``VIBE_CAPTIONS`` (``auto``: only with a CUDA GPU). When
+    it does not, the step records ``captions: off`` and why, and loads nothing, so "Materialize
+    all", backfills and sensor runs on a CPU stay fast.
     """
     model_id = blip.model_id
-    todo, cached = shas_to_caption(store, context.partition_keys, model_id)
-    metadata: dict[str, Any] = {"caption_model": model_id, "captioned": 0, "from_cache": cached}
+    keys = list(context.partition_keys)
+    enabled, why = decide_captions(
+        blip.captions,
+        device=lambda: resolve_device(blip.device),
+        tag=context.run.tags.get(CAPTIONS_TAG),
+        caption_run=PHOTO_PREVIEWS not in context.job_def.asset_layer.selected_asset_keys,
+    )
+    metadata: dict[str, Any] = {
+        "caption_model": model_id,
+        "captions": "on" if enabled else "off",
+        "captions_reason": why,
+    }
+    if not enabled:
+        context.log.info(f"captions off in this run: {why}")
+        add_partition_metadata(context, folder_caption_metadata(store, keys, model_id, {}))
+        return dg.MaterializeResult(metadata={**metadata, "model_loaded": False})
+    todo, cached = shas_to_caption(store, keys, model_id)
     if not todo:
         context.log.info(f"nothing to caption: {cached} images already captioned by {model_id}")
+        add_partition_metadata(context, folder_caption_metadata(store, keys, model_id, {}))
+        metadata.update(run_metadata(keys, {"captioned": 0, "from_cache": cached}))
         return dg.MaterializeResult(metadata={**metadata, "model_loaded": False})
 
     loaded = blip.load()
@@ -65,8 +133,7 @@ def blip_captions(
         with Image.open(store.preview_path(sha)) as im:
             return im.convert("RGB")
 
-    captioned = 0
-    samples: list[dg.TableRecord] = []
+    captions: dict[str, str] = {}
     start = time.perf_counter()
     batches = preview_batches(
         store, todo, load_preview, blip.batch_size, context.log.info, "captioned"
@@ -74,23 +141,20 @@ def blip_captions(
     for batch in batches:
         texts = blip.caption(batch.values)
         store.put_captions(model_id, zip(batch.items, texts, strict=True))
-        captioned += len(batch.items)
-        for sha, text in zip(batch.items, texts, strict=True):
-            if len(samples) < SAMPLE_ROWS:
-                thumb = str(store.thumbnail_path(sha))
-                samples.append(dg.TableRecord({"thumbnail": thumb, "caption": text}))
+        captions.update(zip(batch.items, texts, strict=True))
+        raise_if_cancelled()  # Ctrl-C: stop after the stored batch
     seconds = time.perf_counter() - start
-    context.log.info(f"captioned {captioned} images in {seconds:.1f} s")
+    context.log.info(f"captioned {len(captions)} images in {seconds:.1f} s")
+    add_partition_metadata(context, folder_caption_metadata(store, keys, model_id, captions))
     return dg.MaterializeResult(
         metadata={
             **metadata,
+            **run_metadata(keys, {"captioned": len(captions), "from_cache": cached}),
             "model_loaded": True,
-            "captioned": captioned,
             "device": loaded.device,
             "batch_size": blip.batch_size,
-            "caption_seconds": round(seconds, 3),
-            "captions_per_s": round(captioned / seconds, 3) if seconds else 0.0,
+            "run_caption_seconds": round(seconds, 3),
+            "run_captions_per_s": round(len(captions) / seconds, 3) if seconds else 0.0,
             "model_load_seconds": round(loaded.load_seconds, 2),
-            "samples": dg.MetadataValue.table(records=samples, schema=SAMPLE_SCHEMA),
         }
     )

@@ -32,6 +32,7 @@ from vibe_assets.assets.previews import (
 from vibe_assets.batching import prefetch_batches
 from vibe_assets.imaging.errors import PhotoError
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
+from vibe_assets.report import RUN_PREFIX, add_partition_metadata, run_metadata
 from vibe_assets.resources.clip import ClipResource
 from vibe_assets.resources.device import (
     InferenceDeviceResource,
@@ -39,6 +40,7 @@ from vibe_assets.resources.device import (
     precision_for,
 )
 from vibe_assets.resources.store import StoreResource
+from vibe_assets.runs import raise_if_cancelled
 
 CLIP_EMBEDDINGS = dg.AssetKey("clip_embeddings")
 DECODE_AND_EMBED = "decode_and_embed"  # the op (step) materializing both assets
@@ -48,11 +50,12 @@ _logger = logging.getLogger(__name__)  # OOM-split warnings
 
 @dataclass
 class EmbedStats:
-    """What :func:`embed_previews` did: images ``embedded``, previews ``missing`` (forgotten, to
-    be re-decoded), wall ``seconds`` (previews in -> vectors stored) and ``model_seconds`` (time
-    inside the forward passes)."""
+    """What :func:`embed_previews` did: images ``embedded`` (their SHA-256s in
+    ``embedded_shas``), previews ``missing`` (forgotten, to be re-decoded), wall ``seconds``
+    (previews in -> vectors stored) and ``model_seconds`` (time inside the forward passes)."""
 
     embedded: int = 0
+    embedded_shas: set[str] = field(default_factory=set)
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
     model_seconds: float = 0.0
@@ -188,6 +191,8 @@ def decode_and_embed_previews(
             stats.model_seconds += time.perf_counter() - t0
             store.put_embeddings(model_id, zip(shas, vectors, strict=True))
             stats.embedded += len(shas)
+            stats.embedded_shas.update(shas)
+        raise_if_cancelled()  # Ctrl-C: stop after the stored batch (prefetched loads dropped)
         now = time.perf_counter()
         if now - last_log > PROGRESS_EVERY_SECONDS:
             log(
@@ -200,11 +205,13 @@ def decode_and_embed_previews(
     return out
 
 
-def embeddable_shas(store: StoreResource, plan: DecodePlan, model_id: str) -> tuple[list[str], int]:
+def embeddable_shas(
+    store: StoreResource, plan: DecodePlan, model_id: str
+) -> tuple[list[str], set[str]]:
     """Unique SHA-256s, in listing order, that have a preview or are about to be decoded
-    (``plan.todo``) and have no embedding by ``model_id``; and the count already embedded."""
+    (``plan.todo``) and have no embedding by ``model_id``; and those already embedded."""
     todo: list[str] = []
-    cached = 0
+    cached: set[str] = set()
     seen: set[str] = set()
     for hashes in plan.listings.values():
         for sha in paths_by_sha(hashes):
@@ -214,10 +221,37 @@ def embeddable_shas(store: StoreResource, plan: DecodePlan, model_id: str) -> tu
             if sha not in plan.todo and store.preview_info(sha) is None:
                 continue  # failed to decode (cached failure)
             if store.has_embedding(model_id, sha):
-                cached += 1
+                cached.add(sha)
             else:
                 todo.append(sha)
     return todo, cached
+
+
+def folder_embed_counts(
+    plan: DecodePlan, embedded: set[str], cached: set[str], missing: set[str]
+) -> dict[str, dict[str, int]]:
+    """``{partition key: {"embedded", "from_cache", "previews_missing"}}``: how many of each
+    folder's unique images were embedded by this run, already had an embedding, or had a
+    stored preview that could not be read. An image shared by two folders counts in each."""
+    out: dict[str, dict[str, int]] = {}
+    for key, hashes in plan.listings.items():
+        shas = paths_by_sha(hashes)
+        out[key] = {
+            "embedded": sum(sha in embedded for sha in shas),
+            "from_cache": sum(sha in cached for sha in shas),
+            "previews_missing": sum(sha in missing for sha in shas),
+        }
+    return out
+
+
+@dataclass
+class ModelReport:
+    """The ``clip_embeddings`` metadata of one model in a run: ``run`` (run-level: model,
+    device, batch size, ``run_...`` timings, and ``run_...`` totals in range runs) and
+    ``folders`` (``{partition key: {"embedded", "from_cache", "previews_missing"}}``)."""
+
+    run: dict[str, Any]
+    folders: dict[str, dict[str, int]]
 
 
 def _embed_with(
@@ -226,28 +260,31 @@ def _embed_with(
     clip: ClipResource,
     device: InferenceDeviceResource,
     plan: DecodePlan,
-) -> tuple[dict[str, Any], DecodeEmbedStats | None]:
+) -> tuple[ModelReport, DecodeEmbedStats | None]:
     """Decode ``plan.todo`` (if any) while embedding this run's missing images with one model;
     returns that model's metadata and what was done (None when nothing was)."""
     model_id = clip.model_id
+    keys = list(plan.listings)
     todo, cached = embeddable_shas(store, plan, model_id)
-    md: dict[str, Any] = {"model": model_id, "embedded": 0, "from_cache": cached}
+    md: dict[str, Any] = {"model": model_id}
     if clip.is_random:
         md["weights_warning"] = "RANDOM WEIGHTS: embeddings are meaningless for search"
     if not todo:
-        context.log.info(f"nothing to embed: {cached} images already embedded by {model_id}")
+        context.log.info(f"nothing to embed: {len(cached)} images already embedded by {model_id}")
+        md["model_loaded"] = False
+        md.update(run_metadata(keys, {"embedded": 0, "from_cache": len(cached)}))
+        report = ModelReport(md, folder_embed_counts(plan, set(), cached, set()))
         if not plan.todo:
-            return {**md, "model_loaded": False}, None
+            return report, None
         failures = decode_all(context, store, plan)
-        done = DecodeEmbedStats(failures=failures, decoded=len(plan.todo) - len(failures))
-        return {**md, "model_loaded": False}, done
+        return report, DecodeEmbedStats(failures=failures, decoded=len(plan.todo) - len(failures))
     loaded = clip.load()
     if clip.is_random:
         context.log.warning(f"CLIP {clip.model_name} uses RANDOM WEIGHTS (explicitly requested)")
     batch_size = resolve_batch_size(clip, device)
     context.log.info(
         f"decoding {len(plan.todo)} and embedding {len(todo)} images with {model_id} on "
-        f"{loaded.device}, batch size {batch_size} ({cached} already embedded)"
+        f"{loaded.device}, batch size {batch_size} ({len(cached)} already embedded)"
     )
     done = decode_and_embed_previews(
         store, clip, plan, todo, log=context.log.info, batch_size=batch_size, device=device
@@ -257,34 +294,65 @@ def _embed_with(
         f"decoded {done.decoded} ({len(done.failures)} failed), embedded {stats.embedded} "
         f"images ({stats.images_per_s:.1f} img/s)"
     )
-    return {
+    totals = {
+        "embedded": stats.embedded,
+        "from_cache": len(cached),
+        "previews_missing": len(stats.missing),
+    }
+    md = {
         **md,
         "model_loaded": True,
-        "embedded": stats.embedded,
-        "previews_missing": len(stats.missing),
+        **run_metadata(keys, totals),
         **device.describe(),
         "device": loaded.device,
         "precision": precision_for(loaded.device),
         "batch_size": batch_size,
         "batch_size_source": "config" if clip.batch_size else "probe",
-        "embed_seconds": round(stats.seconds, 3),
-        "images_per_s": round(stats.images_per_s, 2),
-        "model_images_per_s": (
+        "run_embed_seconds": round(stats.seconds, 3),
+        "run_images_per_s": round(stats.images_per_s, 2),
+        "run_model_images_per_s": (
             round(stats.embedded / stats.model_seconds, 2) if stats.model_seconds else 0.0
         ),
         "model_load_seconds": round(loaded.load_seconds, 2),
-    }, done
+    }
+    folders = folder_embed_counts(plan, stats.embedded_shas, cached, set(stats.missing))
+    return ModelReport(md, folders), done
 
 
-def _combined_metadata(per_model: list[dict[str, Any]]) -> dict[str, Any]:
-    if len(per_model) == 1:
-        return per_model[0]
-    return {
-        "model": ", ".join(md["model"] for md in per_model),
-        "embedded": sum(md["embedded"] for md in per_model),
-        "from_cache": sum(md["from_cache"] for md in per_model),
-        "model_loaded": any(md["model_loaded"] for md in per_model),
-        "by_model": dg.MetadataValue.json(per_model),
+def _combined_metadata(
+    reports: list[ModelReport],
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Per-partition and run-level ``clip_embeddings`` metadata of the run's models.
+
+    Per partition: ``embedded``, ``from_cache``, ``previews_missing`` (summed over models) and,
+    with several models, ``embedded_by_model`` (JSON ``{model: counts}``). Run level: the one
+    model's run metadata, or with several models ``model`` (comma-separated), ``model_loaded``
+    (any), ``run_...`` totals summed and ``by_model`` (JSON list of each model's run metadata).
+    """
+    keys = list(reports[0].folders) if reports else []
+    per_partition: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        counts = [r.folders[key] for r in reports]
+        per_partition[key] = {
+            name: sum(c[name] for c in counts)
+            for name in ("embedded", "from_cache", "previews_missing")
+        }
+        if len(reports) > 1:
+            per_partition[key]["embedded_by_model"] = dg.MetadataValue.json(
+                {r.run["model"]: r.folders[key] for r in reports}
+            )
+    if len(reports) == 1:
+        return per_partition, reports[0].run
+    run_counts = {
+        name: sum(r.run.get(name, 0) for r in reports)
+        for name in (f"{RUN_PREFIX}embedded", f"{RUN_PREFIX}from_cache")
+        if any(name in r.run for r in reports)
+    }
+    return per_partition, {
+        "model": ", ".join(r.run["model"] for r in reports),
+        "model_loaded": any(r.run["model_loaded"] for r in reports),
+        **run_counts,
+        "by_model": dg.MetadataValue.json([r.run for r in reports]),
     }
 
 
@@ -337,10 +405,10 @@ def build_decode_and_embed(models: list[tuple[str, str]]) -> dg.AssetsDefinition
         thread_seconds = 0.0
         if CLIP_EMBEDDINGS not in selected:
             failures = decode_all(context, store, plan) if plan.todo else {}
-        per_model: list[dict[str, Any]] = []
+        reports: list[ModelReport] = []
         for model, weights in models if CLIP_EMBEDDINGS in selected else []:
-            md, done = _embed_with(context, store, clip.for_model(model, weights), device, plan)
-            per_model.append(md)
+            report, done = _embed_with(context, store, clip.for_model(model, weights), device, plan)
+            reports.append(report)
             if plan.todo:  # the first model's pass decoded everything: report it now
                 failures = done.failures if done else {}
                 thread_seconds = done.decode_thread_seconds if done else 0.0
@@ -351,9 +419,9 @@ def build_decode_and_embed(models: list[tuple[str, str]]) -> dg.AssetsDefinition
         if PHOTO_PREVIEWS in selected:
             yield _previews_result(context, store, plan, failures, start, thread_seconds)
         if CLIP_EMBEDDINGS in selected:
-            yield dg.MaterializeResult(
-                asset_key=CLIP_EMBEDDINGS, metadata=_combined_metadata(per_model)
-            )
+            per_partition, run_md = _combined_metadata(reports)
+            add_partition_metadata(context, per_partition, CLIP_EMBEDDINGS)
+            yield dg.MaterializeResult(asset_key=CLIP_EMBEDDINGS, metadata=run_md)
 
     return decode_and_embed
 
@@ -366,10 +434,17 @@ def _previews_result(
     start: float,
     thread_seconds: float,
 ) -> dg.MaterializeResult:
+    """``photo_previews``: each folder's file report on its partition
+    (:func:`previews_metadata`), run totals (range runs) and the decode timing, which belongs
+    to the run: ``run_decode_ms_per_image`` (thread time per decoded image) when decoding ran
+    beside the model, else ``run_decode_seconds`` (wall seconds)."""
+    per_partition, md = previews_metadata(context, store, plan, failures)
+    add_partition_metadata(context, per_partition, PHOTO_PREVIEWS)
     if thread_seconds and plan.todo:  # decoded beside the model: no wall time of its own
-        md = previews_metadata(context, store, plan, failures, None)
-        md["decode_ms_per_image"] = round(1000 * thread_seconds / len(plan.todo), 1)
+        md[f"{RUN_PREFIX}decode_ms_per_image"] = round(1000 * thread_seconds / len(plan.todo), 1)
     else:
-        md = previews_metadata(context, store, plan, failures, time.perf_counter() - start)
-    context.log.info(f"{md['files_processed']} files processed, {md['failed'].value} failed")
+        md[f"{RUN_PREFIX}decode_seconds"] = round(time.perf_counter() - start, 3)
+    processed = sum(m["files_processed"] for m in per_partition.values())
+    failed = sum(m["failed"].value for m in per_partition.values())
+    context.log.info(f"{processed} files processed, {failed} failed")
     return dg.MaterializeResult(asset_key=PHOTO_PREVIEWS, metadata=md)

@@ -9,8 +9,14 @@ from vibe_assets.assets.files import photo_files
 from vibe_assets.hashing import hash_many, is_unchanged
 from vibe_assets.imaging.errors import PhotoError
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
-from vibe_assets.report import failure_metadata
+from vibe_assets.report import (
+    add_partition_metadata,
+    failure_metadata,
+    human_size,
+    run_totals,
+)
 from vibe_assets.resources.store import StoreResource
+from vibe_assets.runs import raise_if_cancelled
 
 PROGRESS_EVERY_SECONDS = 10.0
 
@@ -27,6 +33,24 @@ def require_scan(store: StoreResource, key: str) -> dict[str, Any]:
     return scan
 
 
+def hashes_metadata(
+    hashed: int, unchanged: int, bytes_hashed: int, seconds: float, failures: list[dict[str, str]]
+) -> dict[str, Any]:
+    """One folder's ``photo_hashes`` metadata: ``files`` (hashed files), ``hashed`` (read and
+    hashed now), ``unchanged`` (stat unchanged: hash kept), ``bytes_hashed`` (bytes read now, a
+    number so that Dagster plots it), ``hashed_size`` (the same for people, e.g. "1.2 GiB"),
+    ``hash_seconds`` (wall seconds) and the failure entries (scan and read failures)."""
+    return {
+        "files": hashed + unchanged,
+        "hashed": hashed,
+        "unchanged": unchanged,
+        "bytes_hashed": bytes_hashed,
+        "hashed_size": human_size(bytes_hashed),
+        "hash_seconds": round(seconds, 3),
+        **failure_metadata(failures),
+    }
+
+
 @dg.asset(
     deps=[photo_files],
     partitions_def=photo_folder_partitions,
@@ -37,16 +61,19 @@ def require_scan(store: StoreResource, key: str) -> dict[str, Any]:
 def photo_hashes(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """SHA-256 of each scanned file's bytes, hashed in a thread pool. A file whose
     (path, size, mtime_ns, inode) equals the previous listing keeps its hash without reading it.
-    The SHA-256 is the content address of everything derived from the pixels.
+    The SHA-256 is the content address of everything derived from the pixels. Each partition's
+    metadata holds its own folder's numbers; a range run adds ``run_...`` totals.
     """
     start = time.perf_counter()
-    reused = hashed = bytes_hashed = 0
-    all_failures: list[dict[str, str]] = []
+    per_partition: dict[str, dict[str, Any]] = {}
+    counts: dict[str, dict[str, int]] = {}
     for key in context.partition_keys:
+        t0 = time.perf_counter()
         scan = require_scan(store, key)
         previous = (store.folder_hashes(key) or {}).get("files", {})
         files: dict[str, dict[str, Any]] = {}
         todo: dict[str, dict[str, Any]] = {}
+        reused = hashed = bytes_hashed = 0
         for entry in scan["files"]:
             prev = previous.get(entry["path"])
             if is_unchanged(entry, prev):
@@ -57,6 +84,7 @@ def photo_hashes(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
         failures = list(scan["failures"])
         last_log = time.perf_counter()
         for done, (path, result) in enumerate(hash_many(todo), start=1):
+            raise_if_cancelled()  # Ctrl-C: hashes of this folder so far are not stored
             if isinstance(result, PhotoError):
                 failures.append({"path": path, **result.to_dict()})
                 continue
@@ -67,21 +95,31 @@ def photo_hashes(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
                 context.log.info(f"{key}: hashed {done}/{len(todo)} files")
                 last_log = time.perf_counter()
         store.set_folder_hashes(
-            key, {"root": scan["root"], "files": dict(sorted(files.items())), "failures": failures}
+            key,
+            {
+                "root": scan["root"],
+                "files": dict(sorted(files.items())),
+                "failures": failures,
+                "removed": bool(scan.get("removed")),
+            },
         )
-        all_failures.extend(failures)
+        per_partition[key] = hashes_metadata(
+            hashed, reused, bytes_hashed, time.perf_counter() - t0, failures
+        )
+        counts[key] = {
+            "files": len(files),
+            "hashed": hashed,
+            "unchanged": reused,
+            "bytes_hashed": bytes_hashed,
+            "failed": len(failures),
+        }
         context.log.info(
             f"{key}: {len(files)} files hashed ({len(todo)} read, rest unchanged), "
             f"{len(failures)} failed"
         )
-    seconds = time.perf_counter() - start
-    return dg.MaterializeResult(
-        metadata={
-            "files": reused + hashed,
-            "hashed": hashed,
-            "unchanged": reused,
-            "bytes_hashed": bytes_hashed,
-            "hash_seconds": round(seconds, 3),
-            **failure_metadata(all_failures),
-        }
-    )
+    add_partition_metadata(context, per_partition)
+    metadata = run_totals(context.partition_keys, counts)
+    if metadata:
+        metadata["run_hashed_size"] = human_size(metadata["run_bytes_hashed"])
+        metadata["run_hash_seconds"] = round(time.perf_counter() - start, 3)
+    return dg.MaterializeResult(metadata=metadata)

@@ -5,6 +5,7 @@ The asset itself is materialized by the ``decode_and_embed`` step
 holds the decode stage: what to decode, decoding and storing one image, and the run's file report.
 """
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,8 +19,9 @@ from vibe_assets.batching import Batch, prefetch_batches
 from vibe_assets.imaging.decode import decode_photo, encode_preview, encode_thumbnail
 from vibe_assets.imaging.errors import ErrorCode, PhotoError
 from vibe_assets.partitions import photo_folder_partitions
-from vibe_assets.report import failure_metadata
+from vibe_assets.report import failure_metadata, run_metadata
 from vibe_assets.resources.store import StoreResource
+from vibe_assets.runs import raise_if_cancelled
 from vibe_assets.settings import cpu_budget
 
 PHOTO_PREVIEWS = dg.AssetKey("photo_previews")
@@ -33,6 +35,53 @@ TRANSIENT_CODES = {
     ErrorCode.ERR_PERMISSION_DENIED,
     ErrorCode.ERR_READ_FAILED,
 }
+
+# Version of our own decode logic (vibe_assets.imaging: decode.py, formats.py, progressive.py,
+# exif.py). Bump it by hand when a change there may read files that failed before: every
+# cached content failure is then retried once (see decoder_fingerprint).
+DECODE_LOGIC_VERSION = 1
+
+
+def _library_versions() -> dict[str, str]:
+    """Versions of the decoding libraries: Pillow, rawpy and its LibRaw, pillow-heif and its
+    libheif (``"none"`` when pillow-heif is not installed)."""
+    import PIL
+    import rawpy
+
+    versions = {
+        "pillow": PIL.__version__,
+        "rawpy": rawpy.__version__,
+        "libraw": ".".join(str(part) for part in rawpy.libraw_version),
+    }
+    try:
+        import pillow_heif
+    except ImportError:
+        versions.update(pillow_heif="none", libheif="none")
+    else:
+        versions["pillow_heif"] = pillow_heif.__version__
+        try:
+            versions["libheif"] = str(pillow_heif.libheif_version())
+        except Exception:  # an unusual build without the call: the wrapper's version decides
+            versions["libheif"] = "unknown"
+    return versions
+
+
+@functools.cache
+def decoder_fingerprint() -> str:
+    """What decodes originals in this process, as text stored with every cached content
+    failure: ``"vibe_decode=<DECODE_LOGIC_VERSION>;pillow=...;rawpy=...;libraw=...;
+    pillow_heif=...;libheif=..."``.
+
+    A cached failure whose fingerprint differs from this one (a library was upgraded, or
+    :data:`DECODE_LOGIC_VERSION` bumped) or that has none (written by an older version) does not
+    count: the file is decoded once more (:func:`needs_decode`); if it fails again its failure
+    is cached with this fingerprint and not retried while the installation stays the same.
+
+    Computed on first call (a few module version reads, well under a millisecond after the
+    decoders are imported), then cached for the process; never at import.
+    """
+    parts = {"vibe_decode": str(DECODE_LOGIC_VERSION), **_library_versions()}
+    return ";".join(f"{name}={version}" for name, version in parts.items())
 
 
 def require_hashes(store: StoreResource, key: str) -> dict[str, Any]:
@@ -122,7 +171,8 @@ def decode_and_store(
     With ``stats`` (``{path: (size, mtime_ns, inode)}`` from the listing), a file that changed
     between its hashing and the end of its decoding is not trusted: nothing is stored under
     ``sha256`` (the pixels may be another file's), its failure is not cached, and the next run
-    hashes it again. A content failure (not transient, file unchanged) is cached by hash.
+    hashes it again. A content failure (not transient, file unchanged) is cached by hash with
+    the :func:`decoder_fingerprint` of this process (see :func:`needs_decode`).
 
     Raises:
         PreviewWriteError: the preview cannot be written under the store (e.g. disk full).
@@ -161,13 +211,29 @@ def decode_and_store(
         return DecodeOutcome(preview=preview, seconds=time.perf_counter() - start)
     assert err is not None
     if err.code not in TRANSIENT_CODES and not isinstance(err, _Changed):
-        store.put_decode_failure(sha256, err.to_dict())
+        store.put_decode_failure(sha256, err.to_dict(), decoder=decoder_fingerprint())
     return DecodeOutcome(error=err, seconds=time.perf_counter() - start)
 
 
+def current_decode_failure(store: StoreResource, sha256: str) -> dict[str, Any] | None:
+    """The cached content failure of these bytes (``{"code", "message", "decoder"}``) when the
+    decoder of this process made it (same :func:`decoder_fingerprint`), else None: a failure by
+    another decoder, or one written before fingerprints existed, no longer counts."""
+    failure = store.decode_failure(sha256)
+    if failure is None or failure.get("decoder") != decoder_fingerprint():
+        return None
+    return failure
+
+
 def needs_decode(store: StoreResource, sha256: str) -> bool:
-    """True when these bytes have neither a usable preview nor a cached content failure."""
-    if store.decode_failure(sha256) is not None:
+    """True when these bytes have neither a usable preview nor a content failure cached by the
+    current decoder (:func:`current_decode_failure`).
+
+    So a file whose failure was cached by other library versions (an upgraded rawpy/LibRaw,
+    Pillow or pillow-heif/libheif, or a bumped :data:`DECODE_LOGIC_VERSION`) is decoded once
+    more; an unchanged installation never retries it.
+    """
+    if current_decode_failure(store, sha256) is not None:
         return False
     if store.preview_info(sha256) is None:
         return True
@@ -177,9 +243,10 @@ def needs_decode(store: StoreResource, sha256: str) -> bool:
 @dataclass
 class DecodePlan:
     """The decode work of a run: ``listings`` (``{partition key: photo_hashes listing}``),
-    ``todo`` (``{sha256: [paths holding those bytes]}`` with neither a preview nor a cached
-    content failure), ``stats`` (``{path: (size, mtime_ns, inode)}`` when hashed) and
-    ``unique`` (unique images in the partitions)."""
+    ``todo`` (``{sha256: [paths holding those bytes]}`` with neither a preview nor a content
+    failure cached by the current decoder, see :func:`needs_decode`), ``stats``
+    (``{path: (size, mtime_ns, inode)}`` when hashed) and ``unique`` (unique images in the
+    partitions)."""
 
     listings: dict[str, dict[str, Any]]
     todo: dict[str, list[str]] = field(default_factory=dict)
@@ -226,6 +293,7 @@ def decode_all(
         for done, (sha, outcome) in enumerate(pool.map(work, plan.todo.items()), start=1):
             if outcome.error is not None:
                 failures[sha] = outcome.error
+            raise_if_cancelled()  # Ctrl-C: pending decodes are cancelled with the map
             now = time.perf_counter()
             if now - last_log > PROGRESS_EVERY_SECONDS or done == len(plan.todo):
                 context.log.info(
@@ -239,7 +307,9 @@ def decode_all(
 def folder_report(
     store: StoreResource, hashes: dict[str, Any], new_failures: dict[str, PhotoError]
 ) -> tuple[list[str], list[dict[str, str]]]:
-    """Processed paths and failed ``{"path", "code", "message"}`` rows of one folder."""
+    """Processed paths and failed ``{"path", "code", "message"}`` rows of one folder: this
+    run's failures (``new_failures`` by sha), else the cached failure of files not decoded
+    again (whatever decoder made it), else processed when a preview exists."""
     processed: list[str] = []
     failures: list[dict[str, str]] = list(hashes["failures"])
     for sha, paths in paths_by_sha(hashes).items():
@@ -250,7 +320,8 @@ def folder_report(
         if failure is None:
             processed.extend(paths)
         else:
-            failures.extend({"path": p, **failure} for p in paths)
+            row = {"code": failure["code"], "message": failure["message"]}
+            failures.extend({"path": p, **row} for p in paths)
     return processed, failures
 
 
@@ -259,29 +330,45 @@ def previews_metadata(
     store: StoreResource,
     plan: DecodePlan,
     new_failures: dict[str, PhotoError],
-    seconds: float | None,
-) -> dict[str, Any]:
-    """The ``photo_previews`` materialization metadata, which is the run's file report: every
-    file processed or failed with a code (``files_processed``, ``failed``, ``failed_by_code``,
-    ``failures`` table, ``failures_json``), plus ``unique_images``, ``decoded``, ``from_cache``
-    and, when decoding ran alone, ``decode_seconds`` (wall seconds, ``seconds``). Logs one line
-    per partition with failures."""
-    processed: list[str] = []
-    failures: list[dict[str, str]] = []
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The ``photo_previews`` file report, per partition and for the run.
+
+    Per partition (``{key: metadata}``), that folder's own numbers: every file processed or
+    failed with a code (``files_processed``, ``failed``, ``failed_by_code``, ``failures``
+    table, ``failures_json``), ``unique_images`` (unique images of the folder), ``decoded``
+    (of them, decoded by this run) and ``from_cache`` (not decoded again: a preview or a
+    cached failure existed). An image shared by two folders counts in each.
+
+    Run level: :func:`vibe_assets.report.run_metadata` of the run's totals (range runs only),
+    where images shared by folders count once (``run_unique_images``, ``run_decoded``,
+    ``run_from_cache``) and files add up (``run_files_processed``, ``run_failed``).
+    Logs one line per partition with failures.
+    """
+    per_partition: dict[str, dict[str, Any]] = {}
+    processed = failed = 0
     for key, hashes in plan.listings.items():
         ok, bad = folder_report(store, hashes, new_failures)
-        processed.extend(ok)
-        failures.extend(bad)
+        shas = paths_by_sha(hashes)
+        todo = [sha for sha in shas if sha in plan.todo]
+        per_partition[key] = {
+            "files_processed": len(ok),
+            "unique_images": len(shas),
+            "decoded": sum(sha not in new_failures for sha in todo),
+            "from_cache": len(shas) - len(todo),
+            **failure_metadata(bad),
+        }
+        processed += len(ok)
+        failed += len(bad)
         if bad:
             context.log.info(f"{key}: {len(ok)} files processed, {len(bad)} failed")
-    return {
-        "files_processed": len(processed),
+    totals = {
+        "files_processed": processed,
+        "failed": failed,
         "unique_images": plan.unique,
         "decoded": len(plan.todo) - len(new_failures),
         "from_cache": plan.unique - len(plan.todo),
-        **({} if seconds is None else {"decode_seconds": round(seconds, 3)}),
-        **failure_metadata(failures),
     }
+    return per_partition, run_metadata(list(plan.listings), totals)
 
 
 def photo_previews_spec() -> dg.AssetSpec:
@@ -296,9 +383,10 @@ def photo_previews_spec() -> dg.AssetSpec:
             "One upright sRGB preview (JPEG, long side 512 px) and thumbnail (JPEG, 256 px) per "
             "unique image, decoded once from the original (JPEG at reduced scale, RAW from its "
             "embedded preview when large enough) and stored by SHA-256. Undecodable files get a "
-            "structured error code; content failures are cached by hash, so a file is retried "
-            "only when its bytes change. This asset's metadata is the run's file report: every "
-            "file is processed or failed with a code."
+            "structured error code; content failures are cached by hash and by the decoding "
+            "libraries' versions, so a file is retried when its bytes change or once after the "
+            "decoders change. Each partition's metadata is its folder's file report: every file "
+            "is processed or failed with a code."
         ),
     )
 

@@ -3,7 +3,6 @@
 import contextlib
 import os
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from vibe_assets.assets.previews import paths_by_sha, require_hashes
 from vibe_assets.collections import CollectionSpec
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.points import READ_BATCH, sync_folder
+from vibe_assets.report import MAX_TABLE_ROWS, add_partition_metadata, run_totals
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.clip import ClipResource
 from vibe_assets.resources.qdrant import (
@@ -26,6 +26,7 @@ from vibe_assets.resources.qdrant import (
     point_id,
 )
 from vibe_assets.resources.store import StoreResource
+from vibe_assets.runs import raise_if_cancelled
 from vibe_assets.settings import env_int
 
 BUSY_RETRIES = 5  # the embedded store is busy: retry up to 5 times, 20 s apart
@@ -77,19 +78,61 @@ NORM_TOLERANCE = 1e-3  # float32 L2 norm of a normalised vector is 1 within ~1e-
 
 def _check_points(
     client: QdrantClient, collection: str, expected: dict[str, str], dim: int
-) -> tuple[list[str], int]:
-    """Points missing among ``expected`` ``{point id: sha256}``, and how many stored vectors are
-    not finite, unit-norm ``dim``-d vectors."""
+) -> tuple[list[str], list[str]]:
+    """SHA-256s of the points missing among ``expected`` ``{point id: sha256}``, and of the
+    stored points whose vectors are not finite, unit-norm ``dim``-d vectors."""
     missing: list[str] = []
-    bad = 0
+    bad: list[str] = []
     ids = list(expected)
     for i in range(0, len(ids), READ_BATCH):
         chunk = ids[i : i + READ_BATCH]
         records = client.retrieve(collection, ids=chunk, with_payload=False, with_vectors=True)
         found = {str(r.id): r.vector for r in records}
         missing.extend(expected[pid] for pid in chunk if pid not in found)
-        bad += sum(not _is_unit_vector(v, dim) for v in found.values())
+        bad.extend(expected[pid] for pid, v in found.items() if not _is_unit_vector(v, dim))
     return missing, bad
+
+
+BY_FOLDER_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("partition", "string"),
+        dg.TableColumn("expected", "int"),
+        dg.TableColumn("missing", "int"),
+        dg.TableColumn("bad_vectors", "int"),
+    ]
+)
+
+
+def by_folder_table(
+    expected: dict[str, set[str]], missing: list[str], bad: list[str]
+) -> dg.TableMetadataValue:
+    """Check breakdown per partition of the run: ``expected`` points (the folder's embedded
+    images), ``missing`` and ``bad_vectors`` among them; folders with problems first, at most
+    :data:`~vibe_assets.report.MAX_TABLE_ROWS` rows. An image shared by folders counts in each."""
+    missing_set, bad_set = set(missing), set(bad)
+    rows = [
+        {
+            "partition": key,
+            "expected": len(shas),
+            "missing": len(shas & missing_set),
+            "bad_vectors": len(shas & bad_set),
+        }
+        for key, shas in expected.items()
+    ]
+    rows.sort(key=lambda r: (-(r["missing"] + r["bad_vectors"]), r["partition"]))
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(r) for r in rows[:MAX_TABLE_ROWS]], schema=BY_FOLDER_SCHEMA
+    )
+
+
+SYNC_COUNTS = {  # metadata key: sync_folder counter
+    "upserted": "upserted",
+    "payload_updated": "payload_updated",
+    "captions_updated": "captioned",
+    "deleted": "deleted",
+    "unchanged": "unchanged",
+    "skipped_no_embedding": "skipped",
+}
 
 
 def _is_unit_vector(vector: object, dim: int) -> bool:
@@ -112,8 +155,16 @@ def build_qdrant_asset(
     The collection is created on first use with the model's vector size and the configured
     distance; an existing collection with another size or distance fails the run with a clear
     message (never a silent mix of models). Three asset checks run with every materialization,
-    over the partitions of the run: every decoded and embedded image has a point; the points'
-    vectors are finite and unit-norm; the collection's vector size matches the model.
+    over the partitions of the run (one evaluation per run: pass/fail is the run's, and a
+    ``by_folder`` table breaks it down per partition): every decoded and embedded image has a
+    point; the points' vectors are finite and unit-norm; the collection's vector size matches
+    the model.
+
+    Each partition's metadata holds its own folder's sync counts (``upserted``,
+    ``payload_updated``, ``captions_updated``, ``deleted``, ``unchanged``,
+    ``skipped_no_embedding``, ``sync_seconds``, ``folder_removed``: a vanished folder's points
+    are deleted and counted here); ``points_in_collection`` is the whole collection's; a range
+    run adds ``run_...`` totals.
     """
     collection = spec.name
     key = dg.AssetKey(spec.asset_name)
@@ -168,7 +219,9 @@ def build_qdrant_asset(
             }
 
         dim = clip.embedding_dim()
-        totals: Counter[str] = Counter()
+        counts_by_folder: dict[str, dict[str, int]] = {}
+        per_partition: dict[str, dict[str, Any]] = {}
+        expected_by_folder: dict[str, set[str]] = {}
 
         def make_point(folder_key: str):
             def build(sha: str, paths: list[str]) -> models.PointStruct | None:
@@ -207,6 +260,8 @@ def build_qdrant_asset(
                     made = f"({dim}-d, {spec.distance})"
                     context.log.info(f"created collection {collection!r} {made}")
                 for folder_key in context.partition_keys:
+                    raise_if_cancelled()  # every write is idempotent: the next run finishes
+                    t0 = time.perf_counter()
                     hashes = require_hashes(store, folder_key)
                     current = {
                         sha: paths
@@ -222,13 +277,18 @@ def build_qdrant_asset(
                         make_point(folder_key),
                         caption_for,
                     )
-                    totals.update(counts)
                     context.log.info(f"{folder_key}: {dict(counts)}")
-                    expected.update(
-                        (point_id(sha), sha)
-                        for sha in current
-                        if store.has_embedding(model_id, sha)
-                    )
+                    embedded = {sha for sha in current if store.has_embedding(model_id, sha)}
+                    expected.update((point_id(sha), sha) for sha in embedded)
+                    expected_by_folder[folder_key] = embedded
+                    counts_by_folder[folder_key] = {
+                        name: counts[counter] for name, counter in SYNC_COUNTS.items()
+                    }
+                    per_partition[folder_key] = {
+                        **counts_by_folder[folder_key],
+                        "folder_removed": bool(hashes.get("removed")),
+                        "sync_seconds": round(time.perf_counter() - t0, 3),
+                    }
                 points = client.count(collection, exact=True).count
                 size = client.get_collection(collection).config.params.vectors.size
                 missing, bad_vectors = _check_points(client, collection, expected, dim)
@@ -237,6 +297,7 @@ def build_qdrant_asset(
         except Exception as exc:
             context.log.warning(f"{collection}: {exc} ({attempt})")
             raise
+        by_folder = by_folder_table(expected_by_folder, missing, bad_vectors)
         checks = [
             dg.AssetCheckResult(
                 check_name=CHECK_POINTS,
@@ -245,12 +306,18 @@ def build_qdrant_asset(
                     "expected": len(expected),
                     "missing": len(missing),
                     "sample": missing[:10],
+                    "by_folder": by_folder,
                 },
             ),
             dg.AssetCheckResult(
                 check_name=CHECK_VECTORS,
-                passed=bad_vectors == 0,
-                metadata={"checked": len(expected) - len(missing), "bad": bad_vectors},
+                passed=not bad_vectors,
+                metadata={
+                    "checked": len(expected) - len(missing),
+                    "bad": len(bad_vectors),
+                    "sample": bad_vectors[:10],
+                    "by_folder": by_folder,
+                },
             ),
             dg.AssetCheckResult(
                 check_name=CHECK_SIZE,
@@ -258,6 +325,10 @@ def build_qdrant_asset(
                 metadata={"collection_size": size, "model_size": dim, "model": model_id},
             ),
         ]
+        add_partition_metadata(context, per_partition)
+        run_md = run_totals(context.partition_keys, counts_by_folder)
+        if run_md:
+            run_md["run_sync_seconds"] = round(time.perf_counter() - start, 3)
         return dg.MaterializeResult(
             check_results=checks,
             metadata={
@@ -265,14 +336,8 @@ def build_qdrant_asset(
                 "location": qdrant.location,
                 "vector_size": dim,
                 "embed_model": model_id,
-                "upserted": totals["upserted"],
-                "payload_updated": totals["payload_updated"],
-                "captions_updated": totals["captioned"],
-                "deleted": totals["deleted"],
-                "unchanged": totals["unchanged"],
-                "skipped_no_embedding": totals["skipped"],
                 "points_in_collection": points,
-                "sync_seconds": round(time.perf_counter() - start, 3),
+                **run_md,
             },
         )
 

@@ -71,6 +71,9 @@ class BlipResource(dg.ConfigurableResource):
         prompt: optional text prefix the caption continues (e.g. ``"a photograph of"``).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``; fp16 on CUDA.
         idle_unload_seconds: drop the model after this many seconds without use (0 = never).
+        captions: ``VIBE_CAPTIONS``: ``auto`` | ``on`` | ``off``; whether ``blip_captions``
+            captions in runs that also ingest (see :func:`vibe_assets.settings.decide_captions`;
+            ``auto`` is resolved in the run, on the machine it executes on).
     """
 
     model_name: str = DEFAULT_BLIP_MODEL
@@ -81,6 +84,7 @@ class BlipResource(dg.ConfigurableResource):
     prompt: str = ""
     device: str = "auto"
     idle_unload_seconds: float = 300.0
+    captions: str = "auto"
 
     _loaded: LoadedBlip | None = PrivateAttr(default=None)
     _model_id: str | None = PrivateAttr(default=None)

@@ -508,15 +508,19 @@ class InferenceDeviceResource(dg.ConfigurableResource):
 
     def describe(self) -> dict[str, Any]:
         """Run metadata: ``device``, ``device_name`` (GPU model or cpu/mps), ``precision``,
-        ``total_memory_bytes``, ``torch_version``, ``threads`` (torch intra-op threads)."""
+        ``total_memory`` (GPU memory, or system RAM on cpu/mps, as text in binary units, e.g.
+        ``"15.6 GiB"``: a fact of the machine, never plotted), ``torch_version``, ``threads``
+        (torch intra-op threads)."""
         import torch
+
+        from vibe_assets.report import human_size
 
         ident = self._identity()
         return {
             "device": self.resolve(),
             "device_name": ident.name,
             "precision": self.precision(),
-            "total_memory_bytes": ident.total_memory_bytes,
+            "total_memory": human_size(ident.total_memory_bytes),
             "torch_version": torch.__version__,
             "threads": torch.get_num_threads(),
         }

@@ -214,8 +214,18 @@ class StoreResource(dg.ConfigurableResource):
         return info
 
     def decode_failure(self, sha256: str) -> dict[str, Any] | None:
-        """Cached content failure of these bytes: ``{"code", "message"}`` (or None)."""
-        return self.get_json(f"failure/{sha256}")
+        """Cached content failure of these bytes: ``{"code", "message", "decoder"}`` (or None).
+
+        ``decoder`` is the fingerprint of the decoding code that failed
+        (:func:`vibe_assets.assets.previews.decoder_fingerprint`); it is None in a record
+        written before fingerprints existed. Whether a failure still counts is the caller's
+        decision (:func:`vibe_assets.assets.previews.needs_decode`): one made by another decoder
+        is retried once.
+        """
+        doc = self.get_json(f"failure/{sha256}")
+        if not isinstance(doc, dict) or "code" not in doc:
+            return None
+        return {**doc, "decoder": doc.get("decoder")}
 
     def preview_path(self, sha256: str) -> Path:
         """Path of the preview JPEG of an image (long side 512 px)."""
@@ -234,9 +244,14 @@ class StoreResource(dg.ConfigurableResource):
         self.cache.delete(f"failure/{sha256}")
         self.set_json(f"preview/{sha256}", info)
 
-    def put_decode_failure(self, sha256: str, failure: dict[str, Any]) -> None:
-        """Record that these bytes cannot be decoded (retried only when the bytes change)."""
-        self.set_json(f"failure/{sha256}", failure)
+    def put_decode_failure(
+        self, sha256: str, failure: dict[str, Any], decoder: str | None = None
+    ) -> None:
+        """Record that these bytes cannot be decoded by ``decoder`` (the decoder fingerprint,
+        see :meth:`decode_failure`): ``failure`` is ``{"code", "message"}``. The record stays
+        until a preview of these bytes is stored; callers retry it when the bytes change or
+        the fingerprint does."""
+        self.set_json(f"failure/{sha256}", {**failure, "decoder": decoder})
 
     def forget_preview(self, sha256: str) -> None:
         """Drop a preview record (e.g. its file went missing) so the next run re-decodes it."""
