@@ -76,6 +76,7 @@ class WatchfulConcurrencyContext(InstanceConcurrencyContext):
         self._log = log
         self._wait_started: dict[str, float] = {}
         self._last_wait_log: dict[str, float] = {}
+        self._pool_of: dict[str, str] = {}
         self._last_status_poll = 0.0
 
     # -- claiming ----------------------------------------------------------------------------
@@ -85,6 +86,7 @@ class WatchfulConcurrencyContext(InstanceConcurrencyContext):
         if claimed:
             since = self._wait_started.pop(step_key, None)
             self._last_wait_log.pop(step_key, None)
+            self._pool_of.pop(step_key, None)
             if since is not None:
                 self._log.info(
                     f"{step_key}: got a slot in pool {concurrency_key!r} after waiting "
@@ -92,14 +94,24 @@ class WatchfulConcurrencyContext(InstanceConcurrencyContext):
                 )
             return True
         self._wait_started.setdefault(step_key, now)
+        self._pool_of[step_key] = concurrency_key
         if step_key in self._pending_timeouts:  # retry soon: a freed slot is taken quickly
             self._pending_timeouts[step_key] = min(
                 self._pending_timeouts[step_key], now + CLAIM_RETRY_SECONDS
             )
-        if now - self._last_wait_log.get(step_key, 0.0) >= WAIT_LOG_SECONDS:
-            self._last_wait_log[step_key] = now
-            self._report_wait(concurrency_key, step_key)
+        self._report_waits()
         return False
+
+    def _report_waits(self) -> None:
+        """Log every waiting step whose last line is :data:`WAIT_LOG_SECONDS` old (or that
+        has none yet)."""
+        now = time.time()
+        for step_key in list(self._pending_claims):
+            pool = self._pool_of.get(step_key)
+            if pool is None or now - self._last_wait_log.get(step_key, 0.0) < WAIT_LOG_SECONDS:
+                continue
+            self._last_wait_log[step_key] = now
+            self._report_wait(pool, step_key)
 
     def _report_wait(self, pool: str, step_key: str) -> None:
         """Log what ``step_key`` waits for; clean up a holder whose worker died meanwhile."""
@@ -144,7 +156,8 @@ class WatchfulConcurrencyContext(InstanceConcurrencyContext):
 
     # -- interrupting ------------------------------------------------------------------------
     def pending_claim_steps(self) -> list[str]:
-        """The steps waiting for a slot; first, end the run if it was asked to stop.
+        """The steps waiting for a slot; first, end the run if it was asked to stop, and log
+        what the waiting steps wait for (:data:`WAIT_LOG_SECONDS`).
 
         The in-process run loop calls this once per iteration, also while it waits for a slot
         or for a retry, so an interrupt is acted on within :data:`POLL_SECONDS`.
@@ -154,6 +167,7 @@ class WatchfulConcurrencyContext(InstanceConcurrencyContext):
                 a cancel request of this process, or the run's status is CANCELING.
         """
         self._raise_if_stopping()
+        self._report_waits()  # checked every loop iteration: a line at least every 10 s
         return super().pending_claim_steps()
 
     def _raise_if_stopping(self) -> None:

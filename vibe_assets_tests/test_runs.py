@@ -242,7 +242,7 @@ def test_waiting_ingest_logs_idles_and_stops_on_sigint_then_runs(cli: Cli) -> No
     cpu0, t0 = _cpu_seconds(waiter.popen.pid), time.monotonic()
     waiter.wait_for(lambda: waits() >= 2, "a second waiting message", timeout=15)
     cpu_share = (_cpu_seconds(waiter.popen.pid) - cpu0) / (time.monotonic() - t0)
-    assert time.monotonic() - t0 <= 12  # a line at least every 10 s
+    assert time.monotonic() - t0 <= 11.5  # a line at least every 10 s (+ one poll, load)
     assert cpu_share < 0.2, f"waiting used {cpu_share:.0%} of a core"
     line = next(x for x in waiter.text().splitlines() if "for a slot in pool" in x)
     assert "pool 'gpu'" in line and "held by run" in line and "since" in line
