@@ -62,8 +62,8 @@ from vibe_assets.resources import (
     BlipResource,
     ClipResource,
     InferenceDeviceResource,
-    QdrantResource,
     StoreResource,
+    VectorStoreResource,
 )
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -181,7 +181,7 @@ def main() -> int:
             "clip": clip,
             "device": InferenceDeviceResource(cache_dir=str(home / "probe-cache")),
             "blip": BlipResource(),  # never loaded: captions off
-            "qdrant": QdrantResource(path=str(home / "qdrant")),
+            "qdrant": VectorStoreResource(path=str(home / "vectors")),
         }
         assets = build_assets([spec])
         selection = [k for a in assets for k in a.keys if k.to_user_string() != "blip_captions"]

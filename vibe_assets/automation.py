@@ -30,6 +30,7 @@ from vibe_assets.partitions import PARTITIONS_NAME, photo_folder_partitions
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.store import StoreResource
 from vibe_assets.settings import CAPTIONS_TAG, PHOTO_ROOTS_ENV, check_photo_roots
+from vibe_assets.state import StateDB
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -124,7 +125,6 @@ def build_recaption_schedule(
 # -- new_photo_folders sensor -------------------------------------------------------------------
 
 NEW_FOLDERS_SENSOR = "new_photo_folders"
-FINGERPRINTS_DB = "sensor_folders.sqlite3"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 60
 DEFAULT_MAX_FOLDERS_PER_TICK = 2_000
 """Folders listed per tick. ``benchmarks/sensor.py`` (5,000 folders x 20 files, warm page cache,
@@ -221,38 +221,29 @@ class _Row:
 
 
 class FolderFingerprints:
-    """The sensor's memory: one row per photo folder seen under a root (SQLite, under
-    ``VIBE_HOME``): path, root, partition key, 16-byte fingerprint (NULL once reported vanished),
-    the walk pass that last saw it and the tick that last requested a run for it.
+    """The sensor's memory: one row per photo folder seen under a root (table
+    ``sensor_folders`` of the state database, :mod:`vibe_assets.state`): path, root, partition
+    key, 16-byte fingerprint (NULL once reported vanished), the walk pass that last saw it and
+    the tick that last requested a run for it.
 
     Paths are stored as ``os.fsencode`` bytes, so any file name round-trips.
+
+    Args:
+        state: the state database, or the path of one.
     """
 
-    def __init__(self, db_path: str | Path) -> None:
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS folders (path BLOB PRIMARY KEY, root BLOB NOT NULL,"
-                " key TEXT NOT NULL, fingerprint BLOB, seen_pass INTEGER NOT NULL,"
-                " tick INTEGER NOT NULL)"
-            )
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.db_path, timeout=30)
+    def __init__(self, state: StateDB | str | Path) -> None:
+        self.state = state if isinstance(state, StateDB) else StateDB(state)
 
     def rows(self) -> dict[bytes, _Row]:
         """Every row, by path."""
-        db = self._connect()
-        try:
+        with self.state.read() as db:
             return {
-                r[0]: _Row(*r[1:])
+                bytes(r[0]): _Row(bytes(r[1]), r[2], None if r[3] is None else bytes(r[3]), *r[4:])
                 for r in db.execute(
-                    "SELECT path, root, key, fingerprint, seen_pass, tick FROM folders"
+                    "SELECT path, root, key, fingerprint, seen_pass, tick FROM sensor_folders"
                 )
             }
-        finally:
-            db.close()
 
     def write(
         self,
@@ -265,24 +256,20 @@ class FolderFingerprints:
         """One transaction: upsert ``(path, root, key, fingerprint, seen_pass, tick)`` rows,
         stamp ``seen`` paths with ``seen_pass``, move rows of unconfirmed ticks
         (``> confirm_after``) to ``tick``."""
-        db = self._connect()
-        try:
-            with db:
-                db.execute("UPDATE folders SET tick = ? WHERE tick > ?", (tick, confirm_after))
-                db.executemany(
-                    "INSERT INTO folders (path, root, key, fingerprint, seen_pass, tick)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
-                    " root = excluded.root, key = excluded.key,"
-                    " fingerprint = excluded.fingerprint, seen_pass = excluded.seen_pass,"
-                    " tick = excluded.tick",
-                    upserts,
-                )
-                db.executemany(
-                    "UPDATE folders SET seen_pass = ? WHERE path = ?",
-                    [(seen_pass, p) for p in seen],
-                )
-        finally:
-            db.close()
+        with self.state.write() as db:
+            db.execute("UPDATE sensor_folders SET tick = ? WHERE tick > ?", (tick, confirm_after))
+            db.executemany(
+                "INSERT INTO sensor_folders (path, root, key, fingerprint, seen_pass, tick)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
+                " root = excluded.root, key = excluded.key,"
+                " fingerprint = excluded.fingerprint, seen_pass = excluded.seen_pass,"
+                " tick = excluded.tick",
+                upserts,
+            )
+            db.executemany(
+                "UPDATE sensor_folders SET seen_pass = ? WHERE path = ? AND seen_pass != ?",
+                [(seen_pass, p, seen_pass) for p in seen],
+            )
 
 
 @dataclass(frozen=True)
@@ -335,7 +322,7 @@ def _evaluate_new_photo_folders(
     started = time.monotonic()
     for problem in root_problems:
         context.log.warning(f"{PHOTO_ROOTS_ENV}: {problem}")
-    table = FolderFingerprints(store.root / FINGERPRINTS_DB)
+    table = FolderFingerprints(store.state)
     rows = table.rows()
     cursor = _Cursor.parse(context.cursor)
     stored_pass = max((r.seen_pass for r in rows.values()), default=0)
@@ -580,9 +567,9 @@ def build_new_photo_folders_sensor(
       in the run, on the machine it executes on, whether to caption (``VIBE_CAPTIONS``), so a
       tick never imports torch.
 
-    Fingerprints live in ``VIBE_HOME/sensor_folders.sqlite3`` (:class:`FolderFingerprints`), not
-    in the cursor: 5,000 folders would make a ~300 KB cursor, rewritten every minute into the
-    instance's storage. The cursor only holds the tick number, the pass number and where the walk
+    Fingerprints live in the state database (:class:`FolderFingerprints`), not in the cursor:
+    5,000 folders would make a ~300 KB cursor, rewritten every minute into the instance's
+    storage. The cursor only holds the tick number, the pass number and where the walk
     stopped. Rows carry the tick that wrote them; rows newer than the cursor's tick come from an
     evaluation whose cursor was never saved and are requested again with the same run keys
     (Dagster drops runs whose key exists), so no change is lost or run twice. With no cursor at

@@ -1,17 +1,25 @@
-"""``vibe-assets``: ingest a photo folder, search it, manage folders.
+"""``vibe-assets``: ingest a photo folder, search it, manage folders and collections, export.
 
 Runs go through the persistent Dagster instance (``$DAGSTER_HOME``, default
 ``$VIBE_HOME/dagster``), so they show in ``dagster dev -w workspace.yaml``. Progress logs go to
 stderr; summaries (and ``--json`` output) to stdout.
+
+Commands that read or write vectors (search, export, collections, folders remove) open the
+store through :func:`_open_vectors`: an embedded collection held by a run is waited for
+(``VIBE_VECTORS_WAIT_SECONDS``, default 300 s) with a progress line on stderr every 5 s, then the
+command fails naming the holder (exit 1).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -154,6 +162,48 @@ def _run_status(instance: Any, run_id: str) -> str:
     return run.status.value if run is not None else "UNKNOWN"
 
 
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _open_vectors(resources: dict[str, Any]) -> Any:
+    """The vector store of ``resources["qdrant"]`` for a command: waits for a busy embedded
+    collection with a progress line on stderr, and migrates an old local-mode store first (one
+    line on stderr)."""
+    from vibe_assets.collections import load_collections
+    from vibe_assets.point_source import store_rebuilder
+
+    qdrant = resources["qdrant"]
+    rebuild = store_rebuilder(
+        resources["store"], resources["clip"], load_collections(), resources["blip"]
+    )
+    return qdrant.open(
+        wait_seconds=qdrant.command_wait_seconds, on_wait=_say, rebuild=rebuild, log=_say
+    )
+
+
+@contextlib.contextmanager
+def _vector_errors() -> Iterator[None]:
+    """Vector-store errors end the command with their message and exit status 1."""
+    from vibe_assets.vectors.base import (
+        CollectionMismatchError,
+        QdrantBusyError,
+        QdrantRequestError,
+        QdrantUnavailableError,
+    )
+
+    try:
+        yield
+    except (
+        QdrantBusyError,
+        QdrantUnavailableError,
+        QdrantRequestError,
+        CollectionMismatchError,
+    ) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
 def _collection(name: str | None) -> Any:
     """The configured collection called ``name`` (default: the first configured)."""
     from vibe_assets.collections import load_collections
@@ -173,28 +223,29 @@ def _collection(name: str | None) -> Any:
 @click.option("--collection", default=None, help="Collection (default: the first configured).")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 def search(text: str, limit: int, collection: str | None, as_json: bool) -> None:
-    """Print the images that best match TEXT: score, path and caption."""
+    """Print the images that best match TEXT: score, path and caption.
+
+    The text is encoded before the store is opened, so a run writing the embedded store is
+    held up for the query only; while a run holds it, the search waits (a line every 5 s)."""
     from vibe_assets.definitions import default_resources
 
     spec = _collection(collection)
     collection = spec.name
     resources = default_resources()
     clip = resources["clip"].for_model(spec.model, spec.weights)
-    qdrant = resources["qdrant"]
-    with qdrant.client() as client:
-        if not client.collection_exists(collection):
+    with _vector_errors(), _open_vectors(resources) as vectors:
+        if not vectors.collection_exists(collection):
             _fail(f"collection {collection!r} does not exist yet: run `vibe-assets ingest PATH`")
-        vector = clip.encode_texts([text])[0]
-        hits = client.query_points(
-            collection, query=vector.tolist(), limit=limit, with_payload=True
-        ).points
+    vector = clip.encode_texts([text])[0]
+    with _vector_errors(), _open_vectors(resources) as vectors:
+        hits = vectors.query(collection, vector, limit=limit)
     rows = [
         {
-            "score": round(float(h.score), 4),
-            "path": (h.payload or {}).get("paths", ["?"])[0],
-            "paths": (h.payload or {}).get("paths", []),
-            "sha256": (h.payload or {}).get("sha256"),
-            "caption": (h.payload or {}).get("caption"),
+            "score": round(h.score, 4),
+            "path": h.payload.get("paths", ["?"])[0],
+            "paths": h.payload.get("paths", []),
+            "sha256": h.payload.get("sha256"),
+            "caption": h.payload.get("caption"),
         }
         for h in hits
     ]
@@ -250,16 +301,16 @@ def folders_remove(key_or_path: str) -> None:
     from vibe_assets.points import sync_folder
 
     resources = default_resources()
-    store, qdrant = resources["store"], resources["qdrant"]
+    store = resources["store"]
     folder = store.registry.find(key_or_path)
     if folder is None:
         _fail(f"no registered folder matches {key_or_path!r} (see `vibe-assets folders list`)")
-    with qdrant.client() as client:
+    with _vector_errors(), _open_vectors(resources) as vectors:
         for spec in load_collections():
-            if not client.collection_exists(spec.name):
+            if not vectors.collection_exists(spec.name):
                 continue
             counts = sync_folder(
-                client, spec.name, folder.key, str(folder.path), {}, lambda *_: None
+                vectors, spec.name, folder.key, str(folder.path), {}, lambda *_: None
             )
             click.echo(
                 f"removed {folder.key} from {spec.name!r}: {counts['deleted']} points deleted, "
@@ -274,41 +325,43 @@ def folders_remove(key_or_path: str) -> None:
 
 @main.group()
 def collections() -> None:
-    """List and delete Qdrant collections."""
+    """List and delete vector collections."""
 
 
 @collections.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def collections_list(as_json: bool) -> None:
-    """Every collection in Qdrant and every configured one: points, vector size, distance,
-    model."""
+    """Every collection in the vector store and every configured one: points, vector size,
+    distance, engine (edge or server), model. JSON rows: name, configured, model, exists,
+    engine, and for existing ones points, vector_size, distance, indexed_fields."""
     from vibe_assets.collections import load_collections
     from vibe_assets.definitions import default_resources
 
     configured = {spec.name: spec for spec in load_collections()}
+    resources = default_resources()
     rows = []
-    with default_resources()["qdrant"].client() as client:
-        existing = sorted(c.name for c in client.get_collections().collections)
-        for name in sorted(set(existing) | set(configured)):
-            spec = configured.get(name)
-            row: dict[str, Any] = {
-                "name": name,
-                "configured": spec is not None,
-                "model": f"{spec.model}/{spec.weights}" if spec else None,
-                "exists": name in existing,
-            }
-            if name in existing:
-                params = client.get_collection(name).config.params.vectors
-                row["points"] = client.count(name, exact=True).count
-                row["vector_size"] = getattr(params, "size", None)
-                row["distance"] = getattr(getattr(params, "distance", None), "value", None)
-            rows.append(row)
+    with _vector_errors(), _open_vectors(resources) as vectors:
+        existing = {info.name: info for info in vectors.list_collections()}
+    for name in sorted(set(existing) | set(configured)):
+        spec = configured.get(name)
+        row: dict[str, Any] = {
+            "name": name,
+            "configured": spec is not None,
+            "model": f"{spec.model}/{spec.weights}" if spec else None,
+            "exists": name in existing,
+            "engine": resources["qdrant"].engine,
+        }
+        if name in existing:
+            info = existing[name].as_dict()
+            row.update((k, info[k]) for k in ("points", "vector_size", "distance"))
+            row["indexed_fields"] = info["indexed_fields"]
+        rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
         state = (
-            f"{r['points']} points, {r['vector_size']}-d {r['distance']}"
+            f"{r['points']} points, {r['vector_size']}-d {r['distance']} ({r['engine']})"
             if r["exists"]
             else "not created yet"
         )
@@ -320,18 +373,63 @@ def collections_list(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def collections_delete(name: str, yes: bool) -> None:
-    """Delete collection NAME from Qdrant (points only; previews, embeddings and captions stay
-    in the store, so re-creating it re-uploads without recomputing)."""
+    """Delete collection NAME from the vector store (points only; previews, embeddings and
+    captions stay in the store, so re-creating it re-uploads without recomputing)."""
     from vibe_assets.definitions import default_resources
 
-    with default_resources()["qdrant"].client() as client:
-        if not client.collection_exists(name):
+    with _vector_errors(), _open_vectors(default_resources()) as vectors:
+        if not vectors.collection_exists(name):
             _fail(f"collection {name!r} does not exist")
-        points = client.count(name, exact=True).count
+        points = vectors.count(name)
         if not yes:
             click.confirm(f"delete collection {name!r} with {points} points?", abort=True)
-        client.delete_collection(name)
+        vectors.delete_collection(name)
     click.echo(f"deleted collection {name!r} ({points} points)")
+
+
+@main.command()
+@click.option("--collection", default=None, help="Collection (default: the first configured).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="JSON lines, or Parquet (needs --output).",
+)
+@click.option("--vectors", "with_vectors", is_flag=True, help="Include each point's vector.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="File to write (default: stdout for jsonl).",
+)
+def export(collection: str | None, fmt: str, with_vectors: bool, output: Path | None) -> None:
+    """Stream every point of a collection: id, sha256, paths, payload (the other fields) and,
+    with --vectors, the vector. Reads one page (1,000 points) at a time, so memory does not grow
+    with the collection. JSON lines go to stdout unless --output is given; Parquet (one row
+    group per page, payload as JSON text) needs --output. The count goes to stderr."""
+    from vibe_assets.definitions import default_resources
+    from vibe_assets.vectors.base import CollectionNotFoundError
+    from vibe_assets.vectors.export import write_jsonl, write_parquet
+
+    if fmt == "parquet" and output is None:
+        _fail("--format parquet needs --output FILE")
+    name = collection or _collection(None).name
+    with _vector_errors(), _open_vectors(default_resources()) as vectors:
+        try:
+            if fmt == "parquet":
+                assert output is not None
+                n = write_parquet(vectors, name, output, with_vectors)
+            elif output is None:
+                n = write_jsonl(vectors, name, sys.stdout, with_vectors)
+            else:
+                with open(output, "w", encoding="utf-8") as out:
+                    n = write_jsonl(vectors, name, out, with_vectors)
+        except CollectionNotFoundError:
+            _fail(f"collection {name!r} does not exist")
+    where = output if output is not None else "stdout"
+    click.echo(f"exported {n} points of {name!r} to {where} ({fmt})", err=True)
 
 
 @main.group()

@@ -1,4 +1,4 @@
-"""Configured Qdrant collections: each is (name, CLIP model + weights, distance).
+"""Configured vector collections: each is (name, CLIP model + weights, distance).
 
 One collection (``photos``, the CLIP settings from the environment) unless a TOML file lists
 several: ``$VIBE_COLLECTIONS_FILE``, else ``$VIBE_HOME/collections.toml`` when it exists::
@@ -26,8 +26,6 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from qdrant_client import models
-
 from vibe_assets.settings import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_WEIGHTS,
@@ -35,13 +33,10 @@ from vibe_assets.settings import (
     env_str,
     vibe_home,
 )
+from vibe_assets.vectors.base import Distance
 
 _NAME_RE = re.compile(r"^[a-z0-9_]{1,48}$")
-DISTANCES = {
-    "cosine": models.Distance.COSINE,
-    "dot": models.Distance.DOT,
-    "euclid": models.Distance.EUCLID,
-}
+DISTANCES = {"cosine": Distance.COSINE, "dot": Distance.DOT, "euclid": Distance.EUCLID}
 
 
 class CollectionConfigError(ValueError):
@@ -59,8 +54,8 @@ class CollectionSpec:
     distance: str = "cosine"
 
     @property
-    def qdrant_distance(self) -> models.Distance:
-        """The Qdrant distance enum."""
+    def vector_distance(self) -> Distance:
+        """The vector-store distance."""
         return DISTANCES[self.distance]
 
     @property

@@ -25,14 +25,17 @@ from vibe_assets.resources import (
     BlipResource,
     ClipResource,
     InferenceDeviceResource,
-    QdrantResource,
     StoreResource,
+    VectorStoreResource,
 )
 from vibe_assets.resources.blip import DEFAULT_BLIP_MODEL
 from vibe_assets.resources.device import resolve_device
+from vibe_assets.resources.vectors import DEFAULT_COMMAND_WAIT_SECONDS
 from vibe_assets.settings import (
+    VECTORS_WAIT_ENV,
     captions_mode,
     decide_captions,
+    env_float,
     env_int,
     env_str,
     vibe_home,
@@ -47,7 +50,12 @@ def default_resources() -> dict[str, Any]:
     """Resources configured from the environment (see README's configuration table).
 
     ``QDRANT_API_KEY`` is passed as ``dg.EnvVar`` (read at launch, hidden in the UI, never
-    logged); it is only bound when the variable exists.
+    logged); it is only bound when the variable exists. The vector store (resource key
+    ``qdrant``) is qdrant-edge under ``$VIBE_HOME/vectors`` unless ``QDRANT_URL`` is set; the
+    old local-mode folder ``$VIBE_HOME/qdrant`` is migrated from there on first use.
+
+    Raises:
+        ValueError: a numeric variable is not a number (message names it).
     """
     home = vibe_home()
     url = os.environ.get("QDRANT_URL") or None
@@ -76,10 +84,12 @@ def default_resources() -> dict[str, Any]:
             idle_unload_seconds=env_int("VIBE_BLIP_IDLE_UNLOAD_SECONDS", 300),
             captions=captions_mode(),
         ),
-        "qdrant": QdrantResource(
-            path=str(home / "qdrant"),
+        "qdrant": VectorStoreResource(
+            path=str(home / "vectors"),
+            legacy_path=str(home / "qdrant"),
             url=url,
             api_key=dg.EnvVar("QDRANT_API_KEY") if "QDRANT_API_KEY" in os.environ else None,
+            command_wait_seconds=env_float(VECTORS_WAIT_ENV, DEFAULT_COMMAND_WAIT_SECONDS),
         ),
     }
 
@@ -107,7 +117,7 @@ def build_assets(collections: list[CollectionSpec]) -> list[dg.AssetsDefinition]
         photo_hashes,
         build_decode_and_embed([(c.model, c.weights) for c in collections]),
         blip_captions,
-        *(build_qdrant_asset(c) for c in collections),
+        *(build_qdrant_asset(c, all_collections=collections) for c in collections),
     ]
 
 

@@ -2,8 +2,9 @@
 
 A partition key is a slug of the folder's name plus a short hash of its absolute path, so it only
 contains ``[a-z0-9_-]`` (``/ , | [ ]`` and spaces break Dagster's UI, backfills and IO managers) and
-two folders with the same name never collide. The key -> absolute path mapping lives in a small
-SQLite registry under ``VIBE_HOME``; per-file state lives in our own store, never in Dagster.
+two folders with the same name never collide. The key -> absolute path mapping lives in the state
+database under ``VIBE_HOME`` (:mod:`vibe_assets.state`); per-file state lives there too, never in
+Dagster.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
 from vibe_assets.settings import env_int
+from vibe_assets.state import StateDB, drop_listing
 
 PARTITIONS_NAME = "photo_folder"
 
@@ -105,37 +106,24 @@ def _folder(
 
 
 class FolderRegistry:
-    """SQLite map of partition key -> absolute folder path (``VIBE_HOME/registry.sqlite3``),
-    with whether the folder has vanished (:meth:`mark_vanished`, :meth:`clear_vanished`,
-    :attr:`Folder.vanished_at`; older registries gain the column when opened).
+    """Map of partition key -> absolute folder path, with whether the folder has vanished
+    (:meth:`mark_vanished`, :meth:`clear_vanished`, :attr:`Folder.vanished_at`): table
+    ``folders`` of the state database (:mod:`vibe_assets.state`, ``VIBE_HOME/state.sqlite3``).
 
-    All SQL is parameterized. Safe to use from several processes (SQLite locking, short
-    transactions).
+    All SQL is parameterized. Safe to use from several threads and processes (WAL, busy
+    timeout, short transactions).
+
+    Args:
+        state: the state database, or the path of one (opened, and migrated, here).
     """
 
-    def __init__(self, db_path: str | Path) -> None:
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS folders ("
-                " key TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE, added_at REAL NOT NULL,"
-                " recursive INTEGER NOT NULL DEFAULT 1, vanished_at REAL)"
-            )
-            columns = {row[1] for row in db.execute("PRAGMA table_info(folders)")}
-            if "recursive" not in columns:  # registry written by an earlier version
-                db.execute("ALTER TABLE folders ADD COLUMN recursive INTEGER NOT NULL DEFAULT 1")
-            if "vanished_at" not in columns:  # registry written before vanished folders were kept
-                db.execute("ALTER TABLE folders ADD COLUMN vanished_at REAL")
+    def __init__(self, state: StateDB | str | Path) -> None:
+        self.state = state if isinstance(state, StateDB) else StateDB(state)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+    @property
+    def db_path(self) -> Path:
+        """The state database file."""
+        return self.state.path
 
     def add(self, path: str | Path, recursive: bool = True) -> Folder:
         """Register an existing directory (idempotent: an existing entry is kept as it is) and
@@ -147,11 +135,8 @@ class FolderRegistry:
         abs_path = resolve_folder(path)
         key = folder_key(abs_path)
         now = time.time()
-        with self._connect() as db:
-            db.execute(
-                _INSERT,
-                (key, str(abs_path), now, int(recursive)),
-            )
+        with self.state.write() as db:
+            db.execute(_INSERT, (key, str(abs_path), now, int(recursive)))
         found = self.get(key)
         assert found is not None
         return found
@@ -162,8 +147,7 @@ class FolderRegistry:
         """Register many existing directories in ONE transaction (idempotent), each
         ``recursive`` or not (see :class:`Folder`).
 
-        :meth:`add` commits (and syncs the disk) once per folder: ~4 ms each here, 8 s for the
-        sensor's 2,000 new folders per tick; this is one commit.
+        One commit for all (the sensor registers up to 2,000 new folders per tick).
 
         Returns:
             ``(folders, failures)``: the registered folders in input order, and
@@ -182,7 +166,7 @@ class FolderRegistry:
                 failures[str(path)] = str(exc)
         now = time.time()
         found: dict[str, Folder] = {}
-        with self._connect() as db:
+        with self.state.write() as db:
             db.executemany(
                 _INSERT,
                 [(key, text, now, int(recursive)) for key, text in rows],
@@ -198,7 +182,7 @@ class FolderRegistry:
 
     def get(self, key: str) -> Folder | None:
         """The folder registered under ``key``, or None."""
-        with self._connect() as db:
+        with self.state.read() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM folders WHERE key = ?", (key,)).fetchone()
         return _folder(*row) if row else None
 
@@ -238,7 +222,7 @@ class FolderRegistry:
         Returns:
             True when the folder was not marked before (and is registered).
         """
-        with self._connect() as db:
+        with self.state.write() as db:
             cur = db.execute(
                 "UPDATE folders SET vanished_at = ? WHERE key = ? AND vanished_at IS NULL",
                 (time.time() if when is None else when, key),
@@ -248,7 +232,7 @@ class FolderRegistry:
     def clear_vanished(self, key: str) -> bool:
         """Forget that ``key``'s folder had vanished (``photo_files`` calls it when a scan finds
         the root again). Returns True when it was marked."""
-        with self._connect() as db:
+        with self.state.write() as db:
             cur = db.execute(
                 "UPDATE folders SET vanished_at = NULL WHERE key = ? AND vanished_at IS NOT NULL",
                 (key,),
@@ -256,15 +240,18 @@ class FolderRegistry:
         return cur.rowcount > 0
 
     def remove(self, key: str) -> bool:
-        """Unregister ``key``; True when it was registered."""
-        with self._connect() as db:
+        """Unregister ``key`` and delete its folder listing (one transaction): its images become
+        candidates for the preview collection, and registering the folder again scans and
+        hashes it anew. True when it was registered."""
+        with self.state.write() as db:
             cur = db.execute("DELETE FROM folders WHERE key = ?", (key,))
+            drop_listing(db, key)
         return cur.rowcount > 0
 
     def list(self) -> list[Folder]:
         """All registered folders, oldest first."""
-        with self._connect() as db:
-            rows = db.execute(f"SELECT {_COLUMNS} FROM folders ORDER BY added_at").fetchall()
+        with self.state.read() as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM folders ORDER BY added_at, rowid").fetchall()
         return [_folder(*row) for row in rows]
 
 

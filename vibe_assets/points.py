@@ -20,13 +20,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from qdrant_client import QdrantClient, models
+from vibe_assets.vectors.base import (
+    READ_BATCH,
+    PayloadUpdate,
+    PointFilter,
+    StoredPoint,
+    VectorPoint,
+    VectorStore,
+    point_id,
+)
 
-from vibe_assets.batching import chunked
-from vibe_assets.resources.qdrant import point_id
-
-UPSERT_BATCH = 256  # points per upsert request
-READ_BATCH = 1000  # ids per retrieve / scroll page
 _SYNC_FIELDS = ["sha256", "paths", "folder_keys", "caption", "caption_model"]
 _CAPTION_COMPARED = ("caption", "caption_model")
 
@@ -50,41 +53,29 @@ def _under(root: str) -> Callable[[str], bool]:
     return lambda path: path.startswith(prefix)
 
 
-def _scroll_folder(
-    client: QdrantClient, collection: str, folder_key: str
-) -> Iterator[models.Record]:
-    flt = models.Filter(
-        must=[models.FieldCondition(key="folder_keys", match=models.MatchValue(value=folder_key))]
+def _scroll_folder(vectors: VectorStore, collection: str, folder_key: str) -> Iterator[StoredPoint]:
+    return vectors.scroll(
+        collection, PointFilter.where(folder_keys=folder_key), _SYNC_FIELDS, page_size=READ_BATCH
     )
-    offset: Any = None
-    while True:
-        records, offset = client.scroll(
-            collection,
-            scroll_filter=flt,
-            limit=READ_BATCH,
-            offset=offset,
-            with_payload=_SYNC_FIELDS,
-            with_vectors=False,
-        )
-        yield from records
-        if offset is None:
-            return
 
 
 def sync_folder(
-    client: QdrantClient,
+    vectors: VectorStore,
     collection: str,
     folder_key: str,
     root: str,
     current: dict[str, list[str]],
-    make_point: Callable[[str, list[str]], models.PointStruct | None],
+    make_point: Callable[[str, list[str]], VectorPoint | None],
     caption_for: Callable[[str], dict[str, Any] | None] = lambda _: None,
 ) -> Counter[str]:
     """Make ``collection`` agree with one folder's current images.
 
-    Paths are stored as :func:`payload_path` gives them.
+    Paths are stored as :func:`payload_path` gives them. Writes go through the vector-store
+    interface: new points in upsert batches, payload changes as one batched
+    :meth:`~vibe_assets.vectors.base.VectorStore.set_payloads` call, deletes by id lists.
 
     Args:
+        vectors: the open store (either engine).
         current: ``{sha256: [absolute paths under root]}`` of the images that should have points.
         make_point: builds the full point of a new image from (sha256, its paths in this folder),
             or returns None when it cannot (e.g. no embedding yet); such images are counted as
@@ -99,16 +90,15 @@ def sync_folder(
     mine = _under(payload_path(root))
     current = {sha: [payload_path(p) for p in paths] for sha, paths in current.items()}
     existing: dict[str, dict[str, Any]] = {
-        str(r.id): r.payload or {} for r in _scroll_folder(client, collection, folder_key)
+        r.id: r.payload for r in _scroll_folder(vectors, collection, folder_key)
     }
     wanted = {point_id(sha): sha for sha in current}
     unseen = [pid for pid in wanted if pid not in existing]
-    for ids in chunked(unseen, READ_BATCH):
-        for r in client.retrieve(collection, ids=list(ids), with_payload=_SYNC_FIELDS):
-            existing[str(r.id)] = r.payload or {}
+    for r in vectors.retrieve(collection, unseen, with_payload=_SYNC_FIELDS):
+        existing[r.id] = r.payload
 
     counts: Counter[str] = Counter()
-    new_points: list[models.PointStruct] = []
+    new_points: list[VectorPoint] = []
     updates: list[tuple[str, dict[str, Any]]] = []
     deletes: list[str] = []
     for pid, sha in wanted.items():
@@ -145,13 +135,10 @@ def sync_folder(
             keys = sorted(set(old.get("folder_keys", [])) - {folder_key})
             updates.append((pid, {"paths": paths, "folder_keys": keys}))
 
-    for chunk in chunked(new_points, UPSERT_BATCH):
-        client.upsert(collection, points=list(chunk), wait=True)
-        counts["upserted"] += len(chunk)
-    for pid, payload in updates:
-        client.set_payload(collection, payload=payload, points=[pid], wait=True)
-        counts["payload_updated"] += 1
-    for ids in chunked(deletes, READ_BATCH):
-        client.delete(collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
-        counts["deleted"] += len(ids)
+    vectors.upsert(collection, new_points)  # in requests of UPSERT_BATCH points
+    counts["upserted"] += len(new_points)
+    vectors.set_payloads(collection, [PayloadUpdate.one(pid, payload) for pid, payload in updates])
+    counts["payload_updated"] += len(updates)
+    vectors.delete(collection, deletes)
+    counts["deleted"] += len(deletes)
     return counts

@@ -22,6 +22,16 @@ CAPTIONS_TAG = "vibe/captions"
 """Run tag ``on`` | ``off``: caption in this run or not, whatever ``VIBE_CAPTIONS`` says (set by
 ``vibe-assets ingest --captions/--no-captions`` and by ``recaption_schedule``)."""
 CAPTION_MODES = ("auto", "on", "off")
+CACHE_SIZE_LIMIT_ENV = "VIBE_CACHE_SIZE_LIMIT_BYTES"
+DEFAULT_CACHE_SIZE_LIMIT_BYTES = 8 * 2**30
+"""8 GiB: ~4M embeddings of 512 float32, or ~100k images' previews, thumbnails, embeddings and
+captions (~80 KB each)."""
+PREVIEW_GC_GRACE_ENV = "VIBE_PREVIEW_GC_GRACE_SECONDS"
+DEFAULT_PREVIEW_GC_GRACE_SECONDS = 86_400
+"""One day: an image moved from one folder to another that is ingested by a later run keeps its
+preview (it would be decoded again otherwise)."""
+VECTORS_WAIT_ENV = "VIBE_VECTORS_WAIT_SECONDS"
+"""Seconds a ``vibe-assets`` command waits for an embedded collection held by a run."""
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,21 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def env_float(name: str, default: float) -> float:
+    """Float environment variable (e.g. seconds).
+
+    Raises:
+        ValueError: the variable is set but is not a number (message names the variable).
+    """
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
 def env_int(name: str, default: int) -> int:
     """Integer environment variable.
 
@@ -77,6 +102,33 @@ def env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def cache_size_limit_bytes() -> int:
+    """``VIBE_CACHE_SIZE_LIMIT_BYTES``: the one size limit of the cache (embeddings, captions,
+    previews and thumbnails together, in bytes); default 8 GiB. Past it the least recently
+    stored entries are evicted; the state database is never counted nor evicted.
+
+    Raises:
+        ValueError: not an integer, or below 1 MiB (the message names the variable).
+    """
+    limit = env_int(CACHE_SIZE_LIMIT_ENV, DEFAULT_CACHE_SIZE_LIMIT_BYTES)
+    if limit < 2**20:
+        raise ValueError(f"{CACHE_SIZE_LIMIT_ENV} must be at least 1048576 (1 MiB), got {limit}")
+    return limit
+
+
+def preview_gc_grace_seconds() -> int:
+    """``VIBE_PREVIEW_GC_GRACE_SECONDS``: how long an image no folder holds any more keeps its
+    preview before the collection deletes it (seconds, default one day; 0 collects at once).
+
+    Raises:
+        ValueError: not an integer, or negative (the message names the variable).
+    """
+    grace = env_int(PREVIEW_GC_GRACE_ENV, DEFAULT_PREVIEW_GC_GRACE_SECONDS)
+    if grace < 0:
+        raise ValueError(f"{PREVIEW_GC_GRACE_ENV} must be >= 0, got {grace}")
+    return grace
 
 
 def captions_mode(raw: str | None = None) -> str:

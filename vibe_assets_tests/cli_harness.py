@@ -7,7 +7,8 @@ writes) and ``stall``:
 - ``none``: run the CLI as it is;
 - ``clip``: the second CLIP forward pass writes ``marker`` and sleeps (the process holds the
   ``gpu`` pool slot until it is killed);
-- ``upsert``: the first Qdrant upsert writes ``marker`` and sleeps (holds the ``qdrant`` slot);
+- ``upsert``: the first vector-store upsert writes ``marker`` and sleeps (holds the ``qdrant``
+  slot);
 - ``slow_clip``: every CLIP forward pass sleeps ``batch_seconds`` and then appends a line to
   ``marker`` (one line per batch computed), so a signal can land mid-embedding.
 
@@ -54,13 +55,15 @@ def main() -> None:
 
         ClipResource.encode_images = encode_images  # type: ignore[method-assign]
     elif stall == "upsert":
-        from qdrant_client import QdrantClient
+        from vibe_assets.vectors.edge import EdgeVectorStore
+        from vibe_assets.vectors.server import ServerVectorStore
 
-        def upsert(self: QdrantClient, *args: object, **kwargs: object) -> object:
+        def upsert(self: object, *args: object, **kwargs: object) -> None:
             sleep_forever("upsert")
             raise AssertionError("unreachable")
 
-        QdrantClient.upsert = upsert  # type: ignore[method-assign]
+        EdgeVectorStore.upsert = upsert  # type: ignore[method-assign]
+        ServerVectorStore.upsert = upsert  # type: ignore[method-assign]
 
     from vibe_assets.cli import main as cli_main
 

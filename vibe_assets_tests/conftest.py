@@ -22,8 +22,8 @@ from vibe_assets.resources import (
     BlipResource,
     ClipResource,
     InferenceDeviceResource,
-    QdrantResource,
     StoreResource,
+    VectorStoreResource,
 )
 from vibe_assets.settings import CAPTIONS_TAG
 
@@ -179,13 +179,12 @@ class Env:
     def points(
         self, with_vectors: bool = False, collection: str = COLLECTION
     ) -> dict[str, dict[str, Any]]:
-        """``{sha256: payload}`` of every point (payload plus ``_vector`` when asked)."""
-        with self.resources["qdrant"].client() as client:
-            if not client.collection_exists(collection):
+        """``{sha256: payload}`` of every point (payload plus ``_vector``, a (D,) float32 array,
+        when asked)."""
+        with self.resources["qdrant"].open() as vectors:
+            if not vectors.collection_exists(collection):
                 return {}
-            records, _ = client.scroll(
-                collection, limit=10_000, with_payload=True, with_vectors=with_vectors
-            )
+            records = list(vectors.scroll(collection, with_vectors=with_vectors))
         return {
             r.payload["sha256"]: {**r.payload, **({"_vector": r.vector} if with_vectors else {})}
             for r in records
@@ -200,7 +199,7 @@ def env(tmp_path: Path, tiny_clip_checkpoint: Path, tiny_blip_dir: Path) -> Iter
         "clip": ClipResource(model_name=TINY_CLIP, weights=str(tiny_clip_checkpoint), batch_size=4),
         "device": InferenceDeviceResource(cache_dir=str(home / "probe-cache")),
         "blip": BlipResource(model_name=str(tiny_blip_dir), batch_size=4, max_new_tokens=8),
-        "qdrant": QdrantResource(path=str(home / "qdrant")),
+        "qdrant": VectorStoreResource(path=str(home / "vectors")),
     }
     collections = [CollectionSpec(COLLECTION, TINY_CLIP, str(tiny_clip_checkpoint))]
     with dg.instance_for_test() as instance:

@@ -76,13 +76,11 @@ def test_ingest_rejects_a_missing_folder(cli_env: Path, tmp_path: Path) -> None:
 
 
 def test_failed_run_exits_1(cli_env: Path, tmp_path: Path) -> None:
-    from qdrant_client import QdrantClient, models
+    from vibe_assets.vectors import Distance
+    from vibe_assets.vectors.edge import EdgeVectorStore
 
-    client = QdrantClient(path=str(cli_env / "qdrant"))
-    client.create_collection(
-        "photos", vectors_config=models.VectorParams(size=8, distance=models.Distance.DOT)
-    )
-    client.close()
+    with EdgeVectorStore(cli_env / "vectors") as vectors:
+        vectors.ensure_collection("photos", 8, Distance.DOT)
     result = CliRunner().invoke(main, ["ingest", str(_library(tmp_path / "lib")), "--quiet"])
     assert result.exit_code == 1
     assert "FAILED" in result.stdout and "8-d" in result.stdout

@@ -79,18 +79,17 @@ def test_collections_share_embeddings_per_model(
 
 
 def test_asset_check_catches_a_bad_vector(env: Env, tmp_path: Path) -> None:
-    from qdrant_client import models
+    from vibe_assets.vectors import VectorPoint
 
     # Dot distance: Qdrant stores vectors as given (Cosine would re-normalise them).
     spec = env.collections[0]
     env.collections = [CollectionSpec(spec.name, spec.model, spec.weights, distance="dot")]
     key = env.add_folder(_library(tmp_path / "lib", 2))
     assert env.materialize(key).success
-    sha = next(iter(env.points()))
-    with env.resources["qdrant"].client() as client:  # corrupt one stored vector (norm 2)
-        client.update_vectors(
-            "photos", points=[models.PointVectors(id=point_id(sha), vector=[2.0] + [0.0] * 31)]
-        )
+    sha, payload = next(iter(env.points().items()))
+    bad = np.array([2.0] + [0.0] * 31, dtype=np.float32)
+    with env.resources["qdrant"].open() as vectors:  # corrupt one stored vector (norm 2)
+        vectors.upsert("photos", [VectorPoint(point_id(sha), bad, payload)])
     result = env.materialize(key)
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["vectors_finite_unit_norm"].passed

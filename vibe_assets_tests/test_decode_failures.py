@@ -77,7 +77,7 @@ def test_failure_cached_before_fingerprints_existed_is_retried_once(
     broken_report(env, key)
     sha = env.store.folder_hashes(key)["files"][str(folder / name)]["sha256"]
     old = {"code": "ERR_DECODE_IMAGE", "message": "written by an older version"}
-    env.store.set_json(f"failure/{sha}", old)  # a record with no decoder
+    env.store.put_decode_failure(sha, old, decoder=None)  # a record with no decoder
     assert env.store.decode_failure(sha)["decoder"] is None
 
     assert broken_report(env, key) == [(name, "ERR_TRUNCATED_IMAGE")] and decodes[name] == 2

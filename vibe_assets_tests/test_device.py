@@ -1,5 +1,5 @@
-"""InferenceDeviceResource: OOM batch search (faked CUDA), JSON probe cache, OOM splitting, CPU
-probe with a tiny real open_clip model."""
+"""InferenceDeviceResource: OOM batch search (faked CUDA), probes kept as JSON in the state
+database, OOM splitting, CPU probe with a tiny real open_clip model."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from vibe_assets.resources.device import (
     search_max_batch,
 )
 from vibe_assets.settings import cpu_budget
+from vibe_assets.state import StateDB, list_probes
 from vibe_assets_tests.conftest import TINY_CLIP
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -77,7 +78,26 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def cuda_resource(tmp_path: Path, **kwargs: Any) -> InferenceDeviceResource:
-    return InferenceDeviceResource(device="cuda", cache_dir=str(tmp_path / "cache"), **kwargs)
+    return InferenceDeviceResource(device="cuda", home=str(tmp_path / "home"), **kwargs)
+
+
+def stored_probes(home: Path) -> list[dict[str, Any]]:
+    """``{"key", "result"}`` of every probe in ``home``'s state database, oldest first."""
+    state = StateDB(home / "state.sqlite3")
+    try:
+        return [{"key": key, "result": json.loads(result)} for key, result in list_probes(state)]
+    finally:
+        state.close()
+
+
+def overwrite_probes(home: Path, result_text: str) -> None:
+    """Replace every stored probe result with ``result_text`` (corrupt it)."""
+    state = StateDB(home / "state.sqlite3")
+    try:
+        with state.write() as db:
+            db.execute("UPDATE device_probes SET result = ?", (result_text,))
+    finally:
+        state.close()
 
 
 def test_torch_oom_error_is_constructible_and_recognised() -> None:
@@ -127,9 +147,7 @@ def test_cuda_probe_applies_margin_and_caches_json(
     assert dev.safe_batch_size("ViT-B-32/x", gpu, "fp16") == 80  # floor(100 * 0.8)
     assert 0 < len(gpu.calls) <= 2 * 7 + 2
     assert cleanups == ["cuda"] * len(gpu.calls)  # gc + empty_cache between tries
-    files = list((tmp_path / "cache").glob("*.json"))
-    assert len(files) == 1
-    entry = json.loads(files[0].read_text())
+    (entry,) = stored_probes(tmp_path / "home")
     assert entry["key"]["device_name"] == "Fake GPU"
     assert entry["key"]["model_id"] == "ViT-B-32/x"
     assert entry["key"]["torch_version"] == torch.__version__
@@ -151,7 +169,8 @@ def test_cuda_probe_applies_margin_and_caches_json(
     fp32 = FakeGpu(20)
     assert cuda_resource(tmp_path).safe_batch_size("ViT-B-32/x", fp32, "fp32") == 16
     assert fp32.calls
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 3
+    assert len(stored_probes(tmp_path / "home")) == 3
+    assert not (tmp_path / "home" / "probe-cache").exists()  # no JSON files any more
 
 
 def test_margin_floor_and_cap(tmp_path: Path, fake_cuda: None) -> None:
@@ -170,20 +189,19 @@ def test_margin_floor_and_cap(tmp_path: Path, fake_cuda: None) -> None:
 def test_corrupt_cache_is_recomputed(tmp_path: Path, fake_cuda: None, garbage: str) -> None:
     dev = cuda_resource(tmp_path)
     assert dev.safe_batch_size("m", FakeGpu(50), "fp16") == 40
-    (path,) = (tmp_path / "cache").glob("*.json")
-    path.write_text(garbage)
+    overwrite_probes(tmp_path / "home", garbage)
     gpu = FakeGpu(50)
     assert cuda_resource(tmp_path).safe_batch_size("m", gpu, "fp16") == 40
     assert gpu.calls
-    assert json.loads(path.read_text())["result"]["largest_ok"] == 50
+    (entry,) = stored_probes(tmp_path / "home")
+    assert entry["result"]["largest_ok"] == 50
 
 
 def test_cache_entry_with_broken_result_is_recomputed(tmp_path: Path, fake_cuda: None) -> None:
     assert cuda_resource(tmp_path).safe_batch_size("m", FakeGpu(50), "fp16") == 40
-    (path,) = (tmp_path / "cache").glob("*.json")
-    entry = json.loads(path.read_text())
+    (entry,) = stored_probes(tmp_path / "home")
     for broken in ({"kind": "oom_search"}, {**entry["result"], "largest_ok": "many"}, None):
-        path.write_text(json.dumps({**entry, "result": broken}))
+        overwrite_probes(tmp_path / "home", json.dumps(broken))
         gpu = FakeGpu(50)
         assert cuda_resource(tmp_path).safe_batch_size("m", gpu, "fp16") == 40
         assert gpu.calls
@@ -223,7 +241,7 @@ def test_oom_split_on_tensors_and_no_split_when_it_fits(tmp_path: Path) -> None:
         return (batch * 2).numpy()
 
     np.testing.assert_array_equal(run_with_oom_split(x, fn, logger=Warnings()), (x * 2).numpy())
-    dev = InferenceDeviceResource(device="cpu", cache_dir=str(tmp_path))
+    dev = InferenceDeviceResource(device="cpu", home=str(tmp_path))
     warnings = Warnings()
     out = dev.run_with_oom_split(x, lambda b: b.numpy(), logger=warnings)
     np.testing.assert_array_equal(out, x.numpy())
@@ -263,15 +281,13 @@ def test_cpu_probe_picks_throughput_plateau_within_budget(
         calls.append(n)
         clock[0] += 0.1 + 0.05 * n
 
-    dev = InferenceDeviceResource(
-        device="cpu", cache_dir=str(tmp_path), cpu_probe_max_seconds=100.0
-    )
+    dev = InferenceDeviceResource(device="cpu", home=str(tmp_path), cpu_probe_max_seconds=100.0)
     assert dev.safe_batch_size("fake", run_batch, "fp32") == 64
     assert calls == [1, 1, 1, 4, 16, 64, 256]  # warm-up; batch 1 twice to fill 0.25 s
 
     # the time budget keeps the probe short: 256 (predicted ~13 s) is not tried
     calls.clear()
-    dev = InferenceDeviceResource(device="cpu", cache_dir=str(tmp_path), cpu_probe_max_seconds=6)
+    dev = InferenceDeviceResource(device="cpu", home=str(tmp_path), cpu_probe_max_seconds=6)
     assert dev.safe_batch_size("fake2", run_batch, "fp32") == 64
     assert calls == [1, 1, 1, 4, 16, 64]
 
@@ -285,7 +301,7 @@ def test_cpu_probe_picks_throughput_plateau_within_budget(
 
     dev = InferenceDeviceResource(
         device="cpu",
-        cache_dir=str(tmp_path),
+        home=str(tmp_path),
         cpu_memory_budget_bytes=100 << 20,
         cpu_probe_max_seconds=100.0,
     )
@@ -296,7 +312,7 @@ def test_cpu_probe_can_be_skipped(tmp_path: Path) -> None:
     def never(n: int) -> None:
         raise AssertionError("must not run")
 
-    dev = InferenceDeviceResource(device="cpu", cache_dir=str(tmp_path), cpu_probe=False)
+    dev = InferenceDeviceResource(device="cpu", home=str(tmp_path), cpu_probe=False)
     assert dev.safe_batch_size("m", never, "fp32") == 32
     assert dev.safe_batch_size("m", never, "fp32", max_batch=8) == 8
 
@@ -305,7 +321,7 @@ def test_cpu_end_to_end_with_tiny_open_clip(tiny_clip_checkpoint: Path, tmp_path
     import open_clip
 
     model = open_clip.create_model(TINY_CLIP, pretrained=None).eval()
-    dev = InferenceDeviceResource(device="cpu", cache_dir=str(tmp_path), max_batch_size=64)
+    dev = InferenceDeviceResource(device="cpu", home=str(tmp_path), max_batch_size=64)
     assert dev.resolve() == "cpu" and dev.precision() == "fp32"
     calls: list[int] = []
     runner = image_batch_runner(model.encode_image, model.visual.image_size, "cpu", "fp32")
@@ -316,13 +332,12 @@ def test_cpu_end_to_end_with_tiny_open_clip(tiny_clip_checkpoint: Path, tmp_path
 
     batch = dev.safe_batch_size(f"{TINY_CLIP}/random", run_batch, "fp32")
     assert 1 <= batch <= 64 and calls and max(calls) <= 64
-    (path,) = tmp_path.glob("*.json")
-    entry = json.loads(path.read_text())
+    (entry,) = stored_probes(tmp_path)
     assert entry["key"]["device_name"] == "cpu" and entry["key"]["threads"] >= 1
     assert entry["result"]["kind"] == "throughput"
 
     calls.clear()
-    again = InferenceDeviceResource(device="cpu", cache_dir=str(tmp_path), max_batch_size=64)
+    again = InferenceDeviceResource(device="cpu", home=str(tmp_path), max_batch_size=64)
     assert again.safe_batch_size(f"{TINY_CLIP}/random", run_batch, "fp32") == batch
     assert calls == []
 
@@ -339,12 +354,12 @@ def test_cpu_end_to_end_with_tiny_open_clip(tiny_clip_checkpoint: Path, tmp_path
 def test_describe_and_precision(tmp_path: Path) -> None:
     assert precision_for("cuda") == precision_for("cuda:1") == "fp16"
     assert precision_for("cpu") == precision_for("mps") == "fp32"
-    info = InferenceDeviceResource(device="cpu", cache_dir=str(tmp_path)).describe()
+    info = InferenceDeviceResource(device="cpu", home=str(tmp_path)).describe()
     assert info["device"] == "cpu" and info["device_name"] == "cpu"
     assert info["precision"] == "fp32" and info["torch_version"] == torch.__version__
     assert info["threads"] == torch.get_num_threads()
     assert re.fullmatch(r"\d+\.\d [KMGTPE]iB", info["total_memory"]), info["total_memory"]
-    auto = InferenceDeviceResource(cache_dir=str(tmp_path)).resolve()
+    auto = InferenceDeviceResource(home=str(tmp_path)).resolve()
     assert auto == ("cuda" if torch.cuda.is_available() else auto)
     assert auto in {"cuda", "mps", "cpu"}
 
@@ -363,7 +378,7 @@ def test_real_cuda_probe_and_split(tmp_path: Path, tiny_clip_checkpoint: Path) -
     import open_clip
 
     model = open_clip.create_model(TINY_CLIP, pretrained=None, device="cuda").eval()
-    dev = InferenceDeviceResource(device="cuda", cache_dir=str(tmp_path), max_batch_size=64)
+    dev = InferenceDeviceResource(device="cuda", home=str(tmp_path), max_batch_size=64)
     assert dev.describe()["device_name"] == torch.cuda.get_device_name()
     run = image_batch_runner(model.encode_image, model.visual.image_size, "cuda", "fp16")
     assert dev.safe_batch_size(f"{TINY_CLIP}/random", run, "fp16") == 64  # tiny: fits
@@ -397,7 +412,7 @@ def test_cpu_budget_follows_affinity_and_container_quota(
 def test_run_sets_torch_cpu_threads(tmp_path: Path) -> None:
     before = torch.get_num_threads()
     try:
-        device = InferenceDeviceResource(device="cpu", cpu_threads=1, cache_dir=str(tmp_path))
+        device = InferenceDeviceResource(device="cpu", cpu_threads=1, home=str(tmp_path))
         device.setup_for_execution(dg.build_init_resource_context())
         assert torch.get_num_threads() == 1
         assert InferenceDeviceResource(device="cpu").apply_cpu_threads() >= 1

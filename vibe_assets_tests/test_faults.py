@@ -33,9 +33,10 @@ from vibe_assets.assets.qdrant import RETRY_DELAY_ENV
 from vibe_assets.automation import FolderFingerprints, _Cursor
 from vibe_assets.cli import main
 from vibe_assets.partitions import PARTITIONS_NAME, FolderRegistry, is_valid_key
-from vibe_assets.resources import ClipResource, QdrantResource
-from vibe_assets.resources.device import _read_cache, _write_cache
+from vibe_assets.resources import ClipResource, VectorStoreResource
+from vibe_assets.resources.device import _read_probe, _write_probe
 from vibe_assets.resources.qdrant import QdrantUnavailableError
+from vibe_assets.state import StateDB
 from vibe_assets_tests.conftest import TINY_CLIP, Env, metadata
 from vibe_assets_tests.test_pipeline import make_photo
 
@@ -157,7 +158,7 @@ def test_failing_qdrant_server_is_retried_then_fails_naming_the_url_and_keeps_em
     key = env.add_folder(library(tmp_path / "lib", 5))
     secret = f"key-{uuid.uuid4().hex}"
     with qdrant_fault(fault) as (url, requests):
-        env.resources["qdrant"] = QdrantResource(url=url, api_key=secret, timeout=5)
+        env.resources["qdrant"] = VectorStoreResource(url=url, api_key=secret, timeout=5)
         result = env.materialize(key, raise_on_error=False)
     assert not result.success
     assert len(step_events(result, "qdrant_photos", "STEP_UP_FOR_RETRY")) == 3  # 4 attempts
@@ -171,7 +172,7 @@ def test_failing_qdrant_server_is_retried_then_fails_naming_the_url_and_keeps_em
     assert all(env.store.has_embedding(model_id, sha) for sha in hashes_by_name(env, key).values())
 
     # The server is back (here: the embedded store): the vectors are uploaded, nothing recomputed.
-    env.resources["qdrant"] = QdrantResource(path=str(env.home / "qdrant"))
+    env.resources["qdrant"] = VectorStoreResource(path=str(env.home / "vectors"))
     counts.clear()
     again = env.materialize(key)
     assert counts == Counter() and len(env.points()) == 5
@@ -190,8 +191,11 @@ def test_corrupt_cache_entries_are_recomputed_not_fatal(
 
     store.cache.set(f"embedding/{model_id}/{shas['p0.jpg']}", np.full(32, 7.0, "f4").tobytes())
     store.cache.set(f"embedding/{model_id}/{shas['p1.jpg']}", b"\x00\x01\x02")  # torn write
-    store.cache.set(f"preview/{shas['p2.jpg']}", "{not json")
-    store.cache.set(f"preview/{shas['p3.jpg']}", "[]")  # JSON, but not a preview record
+    with store.state.write() as db:  # decode outcomes: unreadable JSON, not a preview record
+        db.execute(
+            "UPDATE decode_outcomes SET exif = '{not json' WHERE sha256 = ?", [shas["p2.jpg"]]
+        )
+        db.execute("UPDATE decode_outcomes SET width = NULL WHERE sha256 = ?", [shas["p3.jpg"]])
     store.preview_path(shas["p4.jpg"]).unlink()
     store.close()
     counts.clear()
@@ -468,13 +472,9 @@ def sniffer() -> Iterator[tuple[int, list[bytes]]]:
 @pytest.mark.parametrize("scheme", ["https", "http"])
 def test_https_url_speaks_tls_on_the_wire(scheme: str) -> None:
     with sniffer() as (port, seen):
-        qdrant = QdrantResource(url=f"{scheme}://127.0.0.1:{port}", api_key="k", timeout=2)
-        with (
-            pytest.raises(QdrantUnavailableError),
-            qdrant.client() as client,
-            qdrant.server_errors(),
-        ):
-            client.collection_exists("photos")
+        qdrant = VectorStoreResource(url=f"{scheme}://127.0.0.1:{port}", api_key="k", timeout=2)
+        with pytest.raises(QdrantUnavailableError), qdrant.open() as vectors:
+            vectors.collection_exists("photos")
     assert seen
     if scheme == "https":  # a TLS record: handshake (0x16), version 3.x; never plain HTTP
         assert all(b[:1] == b"\x16" and b[1:2] == b"\x03" for b in seen), seen
@@ -483,7 +483,7 @@ def test_https_url_speaks_tls_on_the_wire(scheme: str) -> None:
 
 
 def test_location_never_shows_credentials_in_the_url() -> None:
-    qdrant = QdrantResource(url="https://user:pw@qdrant.example:6333/base?api-key=s#f")
+    qdrant = VectorStoreResource(url="https://user:pw@qdrant.example:6333/base?api-key=s#f")
     assert qdrant.location == "https://qdrant.example:6333/base"
 
 
@@ -503,27 +503,32 @@ class Boom:
 def test_probe_cache_is_json_and_a_planted_pickle_is_not_loaded(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     key = {"model_id": "m", "format": 1}
-    path = tmp_path / "probe" / "entry.json"
-    path.parent.mkdir()
-    path.write_bytes(pickle.dumps(Boom(marker)))
-    assert _read_cache(path, key) is None and not marker.exists()
+    state = StateDB(tmp_path / "state.sqlite3")
+    with state.write() as db:  # a pickle planted where the probe result lives
+        db.execute(
+            "INSERT INTO device_probes (key, result, created_at) VALUES (?, ?, 0)",
+            (json.dumps(key, sort_keys=True, separators=(",", ":")), pickle.dumps(Boom(marker))),
+        )
+    assert _read_probe(state, key) is None and not marker.exists()
     result = {"kind": "throughput", "bytes_per_image": 1, "cap": 8, "reached_cap": True}
     result["samples"] = [[1, 2.0], [8, 9.0]]
-    _write_cache(path, key, result)
-    assert json.loads(path.read_text())["key"] == key
-    assert _read_cache(path, key) == result
+    _write_probe(state, key, result)
+    with state.read() as db:
+        (stored,) = db.execute("SELECT result FROM device_probes").fetchone()
+    assert isinstance(stored, str) and json.loads(stored) == result
+    assert _read_probe(state, key) == result
 
 
 def test_sensor_state_is_sqlite_and_json_never_unpickled(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     planted = pickle.dumps(Boom(marker))
-    prints = FolderFingerprints(tmp_path / "sensor.sqlite3")
+    prints = FolderFingerprints(tmp_path / "state.sqlite3")
     prints.write([(b"/p", b"/", "k-1", planted, 1, 1)], [], 1, 0, 1)
     assert prints.rows()[b"/p"].fingerprint == planted  # bytes in, bytes out
     assert _Cursor.parse(planted.decode("latin-1")) is None
     assert not marker.exists()
-    with contextlib.closing(sqlite3.connect(tmp_path / "sensor.sqlite3")) as db:
-        types = {row[1]: row[2] for row in db.execute("PRAGMA table_info(folders)")}
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.sqlite3")) as db:
+        types = {row[1]: row[2] for row in db.execute("PRAGMA table_info(sensor_folders)")}
     assert types == {
         "path": "BLOB",
         "root": "BLOB",
@@ -548,7 +553,7 @@ def test_no_module_unpickles() -> None:
     "name", ["x'); DROP TABLE folders;--", 'a" OR 1=1 --', "b\\'; DELETE FROM folders; --"]
 )
 def test_registry_sql_is_parameterized(tmp_path: Path, name: str) -> None:
-    registry = FolderRegistry(tmp_path / "registry.sqlite3")
+    registry = FolderRegistry(tmp_path / "state.sqlite3")
     plain = registry.add(library(tmp_path / "plain", 0))
     hostile = tmp_path / name
     hostile.mkdir()

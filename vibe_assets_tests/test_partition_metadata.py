@@ -14,8 +14,9 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from vibe_assets.partitions import FolderRegistry, folder_key
+from vibe_assets.partitions import folder_key
 from vibe_assets.report import RUN_PREFIX, human_size
+from vibe_assets.resources.store import StoreResource
 from vibe_assets.scan import scan_folder
 from vibe_assets_tests.conftest import COLLECTION, Env, copy_samples, needs_samples
 
@@ -230,7 +231,9 @@ def test_scan_of_a_missing_root_is_removed_an_unreadable_one_failed(
 
 
 def test_registry_migrates_and_marks_vanished_folders(tmp_path: Path) -> None:
-    db_path = tmp_path / "registry.sqlite3"
+    home = tmp_path / "home"
+    home.mkdir()
+    db_path = home / "registry.sqlite3"  # the registry file before the state database
     folder = tmp_path / "photos"
     folder.mkdir()
     key = folder_key(folder)
@@ -241,7 +244,8 @@ def test_registry_migrates_and_marks_vanished_folders(tmp_path: Path) -> None:
         )
         db.execute("INSERT INTO folders VALUES (?, ?, 1.0, 0)", (key, str(folder.resolve())))
     db.close()
-    registry = FolderRegistry(db_path)
+    registry = StoreResource(home=str(home)).registry  # imported into state.sqlite3
+    assert not db_path.exists() and (home / "registry.sqlite3.imported").is_file()
     [old] = registry.list()
     assert (old.key, old.recursive, old.vanished_at, old.vanished) == (key, False, None, False)
 

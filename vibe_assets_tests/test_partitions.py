@@ -40,7 +40,7 @@ def test_any_folder_name_gives_a_safe_key(name: str) -> None:
 
 
 def test_registry_add_list_remove(tmp_path: Path) -> None:
-    registry = FolderRegistry(tmp_path / "registry.sqlite3")
+    registry = FolderRegistry(tmp_path / "state.sqlite3")
     folder = tmp_path / "My Photos"
     folder.mkdir()
     added = registry.add(folder)
@@ -57,7 +57,7 @@ def test_registry_add_list_remove(tmp_path: Path) -> None:
 
 
 def test_registry_rejects_missing_and_non_directories(tmp_path: Path) -> None:
-    registry = FolderRegistry(tmp_path / "registry.sqlite3")
+    registry = FolderRegistry(tmp_path / "state.sqlite3")
     with pytest.raises(FolderError, match="does not exist"):
         registry.add(tmp_path / "nope")
     (tmp_path / "file.jpg").write_bytes(b"x")
@@ -75,7 +75,7 @@ def test_sensor_folders_are_not_recursive(tmp_path: Path) -> None:
     (parent / "child").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(parent / "a.jpg")
     Image.new("RGB", (8, 8)).save(parent / "child" / "b.jpg")
-    registry = FolderRegistry(tmp_path / "registry.sqlite3")
+    registry = FolderRegistry(tmp_path / "state.sqlite3")
     folders, failures = registry.add_many([parent, parent / "child"], recursive=False)
     assert not failures and [f.recursive for f in folders] == [False, False]
     assert registry.add(parent).recursive is False  # an existing entry is kept as it is

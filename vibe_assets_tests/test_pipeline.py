@@ -111,9 +111,10 @@ def test_photos_and_raws_become_points_then_rerun_recomputes_nothing(
         with Image.open(env.store.preview_path(sha)) as im:
             assert max(im.size) <= 512
 
-    with env.resources["qdrant"].client() as client:
-        record = client.retrieve("photos", [point_id(nikon["sha256"])], with_vectors=True)[0]
-    vector = np.asarray(record.vector, dtype=np.float32)
+    with env.resources["qdrant"].open() as vectors:
+        (record,) = vectors.retrieve("photos", [point_id(nikon["sha256"])], with_vectors=True)
+    vector = record.vector
+    assert vector is not None and vector.dtype == np.float32
     assert vector.shape == (32,) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
 
     calls.clear()
@@ -221,15 +222,13 @@ def test_every_edge_file_is_processed_or_failed_with_its_code(env: Env) -> None:
 
 
 def test_collection_with_another_vector_size_fails_clearly(env: Env, tmp_path: Path) -> None:
-    from qdrant_client import models
+    from vibe_assets.vectors import Distance
 
     folder = tmp_path / "lib"
     folder.mkdir()
     make_photo(folder / "x.jpg", seed=7)
-    with env.resources["qdrant"].client() as client:
-        client.create_collection(
-            "photos", vectors_config=models.VectorParams(size=64, distance=models.Distance.COSINE)
-        )
+    with env.resources["qdrant"].open() as vectors:
+        vectors.ensure_collection("photos", 64, Distance.COSINE)
     result = env.materialize(env.add_folder(folder), raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)

@@ -75,7 +75,7 @@ def test_ui_materialize_all_runs_in_one_process_and_leaves_captions_off_on_cpu(
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
     photos = library(tmp_path / "trip", 5)
-    folder = FolderRegistry(home / "registry.sqlite3").add(photos)
+    folder = FolderRegistry(home / "state.sqlite3").add(photos)
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         instance.add_dynamic_partitions(PARTITIONS_NAME, [folder.key])
 

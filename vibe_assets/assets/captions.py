@@ -8,6 +8,8 @@ from PIL import Image
 
 from vibe_assets.assets.previews import (
     PHOTO_PREVIEWS,
+    listed_paths,
+    open_preview,
     paths_by_sha,
     preview_batches,
     previewed_shas,
@@ -129,9 +131,11 @@ def blip_captions(
         f"batch size {blip.batch_size} ({cached} already captioned)"
     )
 
+    paths, stats = listed_paths(require_hashes(store, key) for key in keys)
+
     def load_preview(sha: str) -> Image.Image:
-        with Image.open(store.preview_path(sha)) as im:
-            return im.convert("RGB")
+        # a preview evicted from the cache is decoded again from its original here
+        return open_preview(store, sha, paths.get(sha, ()), stats)
 
     captions: dict[str, str] = {}
     start = time.perf_counter()

@@ -21,8 +21,11 @@ from vibe_assets.assets.previews import (
     PROGRESS_EVERY_SECONDS,
     DecodeOutcome,
     DecodePlan,
+    PreviewWriteError,
     decode_all,
     decode_and_store,
+    listed_paths,
+    open_preview,
     paths_by_sha,
     photo_previews_spec,
     plan_decode,
@@ -136,9 +139,10 @@ def decode_and_embed_previews(
     Each batch's embeddings are stored as soon as they are computed (a crash loses at most one
     batch), and a batch that runs out of memory is split (with ``device``).
 
-    A photo that cannot be decoded is recorded in ``failures`` and never stops the others; a
-    stored preview that cannot be read is forgotten (re-decoded next run) and counted in
-    ``embed.missing``.
+    A photo that cannot be decoded is recorded in ``failures`` and never stops the others. A
+    preview evicted from the cache is decoded again from its original (paths from
+    ``plan.listings``); one that cannot be read (or decoded again) is forgotten (re-decoded next
+    run) and counted in ``embed.missing``.
 
     Raises:
         PreviewWriteError: a preview cannot be written under the store (e.g. disk full).
@@ -149,14 +153,16 @@ def decode_and_embed_previews(
     wanted = set(embed_shas)
     items = [*plan.todo, *(sha for sha in embed_shas if sha not in plan.todo)]
 
+    paths, listed_stats = listed_paths(plan.listings.values())
+
     def load(sha: str) -> tuple[DecodeOutcome | None, Any]:
         if sha in plan.todo:
             outcome = decode_and_store(store, sha, plan.todo[sha], plan.stats)
             if outcome.preview is None or sha not in wanted:
                 return outcome, None
             return outcome, prepare(_open_jpeg(outcome.preview))
-        with Image.open(store.preview_path(sha)) as im:
-            return None, prepare(im.convert("RGB"))
+        # a preview evicted from the cache is decoded again from its original here
+        return None, prepare(open_preview(store, sha, paths.get(sha, ()), listed_stats))
 
     out = DecodeEmbedStats()
     stats = out.embed
@@ -164,8 +170,8 @@ def decode_and_embed_previews(
     start = last_log = time.perf_counter()
     for batch in prefetch_batches(items, load, size, prefetch=prefetch):
         for sha, exc in batch.errors:
-            if sha in plan.todo:  # PreviewWriteError (ours: fails the run) or a bug: never hidden
-                raise exc
+            if sha in plan.todo or isinstance(exc, PreviewWriteError):
+                raise exc  # PreviewWriteError (ours: fails the run) or a bug: never hidden
             log(f"preview of {sha} unreadable ({exc}); it will be re-decoded next run")
             store.forget_preview(sha)
             stats.missing.append(sha)

@@ -37,8 +37,8 @@ def photo_files(context: dg.AssetExecutionContext, store: StoreResource) -> dg.M
     """Scan of each folder (recursive for folders given to ``vibe-assets``, direct files only for
     those the ``new_photo_folders`` sensor found): path, size (bytes), mtime_ns, inode and the
     format sniffed from the content. Hidden entries and symlinks are skipped; unreadable
-    entries are reported with an error code. The listing is stored per folder in the store (not
-    pickled by Dagster).
+    entries are reported with an error code. The listing is stored as rows in the state database
+    (:mod:`vibe_assets.state`), writing only the rows that changed (not pickled by Dagster).
 
     A folder whose path no longer exists is *removed*: its listing is empty (downstream assets
     delete its points), its metadata says ``folder_removed`` with no failure, and the registry

@@ -15,7 +15,7 @@ from vibe_assets.report import (
     human_size,
     run_totals,
 )
-from vibe_assets.resources.store import StoreResource
+from vibe_assets.resources.store import Collected, StoreResource
 from vibe_assets.runs import raise_if_cancelled
 
 PROGRESS_EVERY_SECONDS = 10.0
@@ -63,6 +63,11 @@ def photo_hashes(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
     (path, size, mtime_ns, inode) equals the previous listing keeps its hash without reading it.
     The SHA-256 is the content address of everything derived from the pixels. Each partition's
     metadata holds its own folder's numbers; a range run adds ``run_...`` totals.
+
+    The listing is stored as rows in the state database, writing only what changed. At the end
+    the previews of images that no folder holds any more (for longer than
+    ``VIBE_PREVIEW_GC_GRACE_SECONDS``) are deleted (``run_previews_collected``); the cost follows
+    what changed, at most 5,000 images per run.
     """
     start = time.perf_counter()
     per_partition: dict[str, dict[str, Any]] = {}
@@ -122,4 +127,24 @@ def photo_hashes(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
     if metadata:
         metadata["run_hashed_size"] = human_size(metadata["run_bytes_hashed"])
         metadata["run_hash_seconds"] = round(time.perf_counter() - start, 3)
+    # every listing of this run is written: previews of images no folder holds any more go
+    try:
+        collected = store.collect_unreferenced_previews()
+    except Exception as exc:  # housekeeping: never fails the hashes it follows
+        context.log.warning(f"preview collection skipped this run: {exc}")
+    else:
+        _report_collection(context, collected, metadata)
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _report_collection(
+    context: dg.AssetExecutionContext, collected: Collected, metadata: dict[str, Any]
+) -> None:
+    """Log and record (``run_previews_collected``) what the preview collection did."""
+    if collected.images:
+        metadata["run_previews_collected"] = collected.images
+        context.log.info(
+            f"collected the previews of {collected.images} images no folder holds any more "
+            f"({human_size(collected.bytes_freed)}, {collected.seconds:.2f} s); "
+            f"{collected.pending} candidates wait for the grace period or the next run"
+        )

@@ -6,14 +6,16 @@ holds the decode stage: what to decode, decoding and storing one image, and the 
 """
 
 import functools
+import io
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+from PIL import Image
 
 from vibe_assets.batching import Batch, prefetch_batches
 from vibe_assets.imaging.decode import decode_photo, encode_preview, encode_thumbnail
@@ -231,13 +233,14 @@ def needs_decode(store: StoreResource, sha256: str) -> bool:
 
     So a file whose failure was cached by other library versions (an upgraded rawpy/LibRaw,
     Pillow or pillow-heif/libheif, or a bumped :data:`DECODE_LOGIC_VERSION`) is decoded once
-    more; an unchanged installation never retries it.
+    more; an unchanged installation never retries it. A preview whose files were evicted from
+    the cache (its decode outcome is state and stays) is decoded again too.
     """
     if current_decode_failure(store, sha256) is not None:
         return False
     if store.preview_info(sha256) is None:
         return True
-    return not store.preview_path(sha256).is_file()
+    return not store.has_preview_files(sha256)
 
 
 @dataclass
@@ -391,6 +394,50 @@ def photo_previews_spec() -> dg.AssetSpec:
     )
 
 
+def open_preview(
+    store: StoreResource,
+    sha256: str,
+    paths: Sequence[str] = (),
+    stats: dict[str, Stat] | None = None,
+) -> Image.Image:
+    """The stored preview of an image as an RGB image. When its file is missing (evicted from
+    the cache, or collected) it is decoded again from ``paths`` (the files holding these bytes)
+    and stored, so the model stages never depend on the cache having kept it.
+
+    Raises:
+        FileNotFoundError: the preview is missing and ``paths`` is empty.
+        PhotoError: it is missing and decoding again failed (the failure is recorded as usual).
+        PreviewWriteError: it could not be stored again.
+        OSError: the preview exists but cannot be read.
+    """
+    try:
+        with Image.open(store.preview_path(sha256)) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        if not paths:
+            raise
+    outcome = decode_and_store(store, sha256, list(paths), stats)
+    if outcome.preview is None:
+        assert outcome.error is not None
+        raise outcome.error
+    with Image.open(io.BytesIO(outcome.preview)) as im:
+        return im.convert("RGB")
+
+
+def listed_paths(
+    listings: Iterable[dict[str, Any]],
+) -> tuple[dict[str, list[str]], dict[str, Stat]]:
+    """``({sha256: [paths]}, {path: (size, mtime_ns, inode)})`` of hash listings: what
+    :func:`open_preview` needs to decode an evicted preview again."""
+    paths: dict[str, list[str]] = {}
+    stats: dict[str, Stat] = {}
+    for hashes in listings:
+        for sha, found in paths_by_sha(hashes).items():
+            paths.setdefault(sha, []).extend(found)
+            stats.update((p, _stat_of(hashes["files"][p])) for p in found)
+    return paths, stats
+
+
 def preview_batches(
     store: StoreResource,
     shas: Sequence[str],
@@ -404,13 +451,16 @@ def preview_batches(
 
     A preview that cannot be read is forgotten (the next run decodes it again) and logged; it
     stays in ``Batch.errors`` for the caller to count, and batches with no readable preview are
-    not yielded. Progress (``"<verb> n/N images (x img/s)"``) is logged every
+    not yielded. A :class:`PreviewWriteError` (``load`` decoding an evicted preview again and
+    failing to store it) is raised. Progress (``"<verb> n/N images (x img/s)"``) is logged every
     ``PROGRESS_EVERY_SECONDS``.
     """
     done = 0
     start = last_log = time.perf_counter()
     for batch in prefetch_batches(shas, load, batch_size):
         for sha, exc in batch.errors:
+            if isinstance(exc, PreviewWriteError):
+                raise exc  # ours (e.g. disk full): fails the run, never blamed on the photo
             log(f"preview of {sha} unreadable ({exc}); it will be re-decoded next run")
             store.forget_preview(sha)
         if batch.items:

@@ -1,33 +1,36 @@
 """``qdrant_<collection>``: one Qdrant point per unique image, synced incrementally."""
 
-import contextlib
 import os
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 import numpy as np
-from qdrant_client import QdrantClient, models
 
 from vibe_assets.assets.captions import blip_captions
-from vibe_assets.assets.previews import paths_by_sha, require_hashes
+from vibe_assets.assets.previews import require_hashes
 from vibe_assets.collections import CollectionSpec
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
-from vibe_assets.points import READ_BATCH, sync_folder
+from vibe_assets.point_source import PointSource, exif_payload, store_rebuilder
+from vibe_assets.points import sync_folder
 from vibe_assets.report import MAX_TABLE_ROWS, add_partition_metadata, run_totals
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.clip import ClipResource
-from vibe_assets.resources.qdrant import (
+from vibe_assets.resources.store import StoreResource
+from vibe_assets.resources.vectors import VectorStoreResource
+from vibe_assets.runs import raise_if_cancelled
+from vibe_assets.settings import env_int
+from vibe_assets.vectors.base import (
+    READ_BATCH,
     CollectionMismatchError,
     QdrantBusyError,
     QdrantRequestError,
-    QdrantResource,
+    VectorStore,
     point_id,
 )
-from vibe_assets.resources.store import StoreResource
-from vibe_assets.runs import raise_if_cancelled
-from vibe_assets.settings import env_int
+
+__all__ = ["build_qdrant_asset", "exif_payload", "qdrant_retry_policy"]
 
 BUSY_RETRIES = 5  # the embedded store is busy: retry up to 5 times, 20 s apart
 BUSY_RETRY_SECONDS = 20
@@ -59,17 +62,6 @@ def qdrant_retry_policy() -> dg.RetryPolicy:
     )
 
 
-def exif_payload(exif: dict[str, Any]) -> dict[str, Any]:
-    """Payload fields from a photo's EXIF (:func:`vibe_assets.imaging.exif.photo_metadata`):
-    the fields as they are (taken_at, camera_make, camera_model, lens, focal_length_mm,
-    aperture, exposure_s, iso, gps_lat, gps_lon), plus ``location`` ``{"lat", "lon"}`` (Qdrant's
-    geo format) when both coordinates are present."""
-    payload = dict(exif)
-    if "gps_lat" in exif and "gps_lon" in exif:
-        payload["location"] = {"lat": exif["gps_lat"], "lon": exif["gps_lon"]}
-    return payload
-
-
 CHECK_POINTS = "every_image_has_a_point"
 CHECK_VECTORS = "vectors_finite_unit_norm"
 CHECK_SIZE = "vector_size_matches_model"
@@ -77,7 +69,7 @@ NORM_TOLERANCE = 1e-3  # float32 L2 norm of a normalised vector is 1 within ~1e-
 
 
 def _check_points(
-    client: QdrantClient, collection: str, expected: dict[str, str], dim: int
+    vectors: VectorStore, collection: str, expected: dict[str, str], dim: int
 ) -> tuple[list[str], list[str]]:
     """SHA-256s of the points missing among ``expected`` ``{point id: sha256}``, and of the
     stored points whose vectors are not finite, unit-norm ``dim``-d vectors."""
@@ -86,8 +78,8 @@ def _check_points(
     ids = list(expected)
     for i in range(0, len(ids), READ_BATCH):
         chunk = ids[i : i + READ_BATCH]
-        records = client.retrieve(collection, ids=chunk, with_payload=False, with_vectors=True)
-        found = {str(r.id): r.vector for r in records}
+        records = vectors.retrieve(collection, chunk, with_payload=False, with_vectors=True)
+        found = {r.id: r.vector for r in records}
         missing.extend(expected[pid] for pid in chunk if pid not in found)
         bad.extend(expected[pid] for pid, v in found.items() if not _is_unit_vector(v, dim))
     return missing, bad
@@ -143,14 +135,21 @@ def _is_unit_vector(vector: object, dim: int) -> bool:
 
 
 def build_qdrant_asset(
-    spec: CollectionSpec, retry_policy: dg.RetryPolicy | None = None
+    spec: CollectionSpec,
+    retry_policy: dg.RetryPolicy | None = None,
+    all_collections: Sequence[CollectionSpec] | None = None,
 ) -> dg.AssetsDefinition:
     """Asset ``qdrant_<collection>`` that syncs each folder partition into that collection.
 
     A failing server (unreachable, timeout, 5xx) is retried with ``retry_policy`` (default
     :func:`qdrant_retry_policy`), then the step fails with a message naming the server URL
-    (never the API key); everything computed upstream stays in the store. A busy embedded store
-    (another process holds it) is retried ``BUSY_RETRIES`` times, ``BUSY_RETRY_SECONDS`` apart.
+    (never the API key); everything computed upstream stays in the store. A busy embedded
+    collection (another process holds it past the resource's ``step_wait_seconds``) is retried
+    ``BUSY_RETRIES`` times, ``BUSY_RETRY_SECONDS`` apart.
+
+    The first embedded open migrates an old qdrant-client local-mode store: every collection of
+    ``all_collections`` (default ``[spec]``; the definitions pass every configured one) found
+    there is rebuilt from the store (see :mod:`vibe_assets.vectors.migrate`).
 
     The collection is created on first use with the model's vector size and the configured
     distance; an existing collection with another size or distance fails the run with a clear
@@ -169,6 +168,7 @@ def build_qdrant_asset(
     collection = spec.name
     key = dg.AssetKey(spec.asset_name)
     policy = retry_policy or qdrant_retry_policy()
+    migrate_specs = list(all_collections or [spec])
 
     @dg.asset(
         name=spec.asset_name,
@@ -177,7 +177,7 @@ def build_qdrant_asset(
         backfill_policy=BACKFILL_POLICY,
         group_name="ingest",
         kinds={"qdrant"},
-        pool="qdrant",  # the embedded store admits one process at a time (dagster.yaml: limit 1)
+        pool="qdrant",  # an embedded collection admits one process at a time (dagster.yaml: 1)
         retry_policy=policy,
         check_specs=[
             dg.AssetCheckSpec(
@@ -201,81 +201,38 @@ def build_qdrant_asset(
         store: StoreResource,
         clip: ClipResource,
         blip: BlipResource,
-        qdrant: QdrantResource,
+        qdrant: VectorStoreResource,
     ) -> dg.MaterializeResult:
         start = time.perf_counter()
+        rebuild = store_rebuilder(store, clip, migrate_specs, blip)  # used only to migrate
         clip = clip.for_model(spec.model, spec.weights)
         model_id = clip.model_id
-        caption_model = blip.model_id  # an id only: BLIP is never loaded here
-
-        def caption_for(sha: str) -> dict[str, str] | None:
-            stored = store.get_caption(caption_model, sha)
-            if stored is None:
-                return None
-            return {
-                "caption": stored["text"],
-                "caption_model": caption_model,
-                "captioned_at": stored["captioned_at"],
-            }
-
         dim = clip.embedding_dim()
+        # blip.model_id is an id only: BLIP is never loaded here
+        source = PointSource(store, model_id, dim, blip.model_id)
         counts_by_folder: dict[str, dict[str, int]] = {}
         per_partition: dict[str, dict[str, Any]] = {}
         expected_by_folder: dict[str, set[str]] = {}
-
-        def make_point(folder_key: str):
-            def build(sha: str, paths: list[str]) -> models.PointStruct | None:
-                info = store.preview_info(sha)
-                vector = store.get_embedding(model_id, sha)
-                if info is None or vector is None or vector.shape != (dim,):
-                    return None
-                payload = {
-                    "sha256": sha,
-                    "paths": paths,
-                    "folder_keys": [folder_key],
-                    "width": info["width"],
-                    "height": info["height"],
-                    "format": info["format"],
-                    "embed_model": model_id,
-                    "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    **exif_payload(info.get("exif") or {}),
-                    **(caption_for(sha) or {}),
-                }
-                return models.PointStruct(id=point_id(sha), vector=vector.tolist(), payload=payload)
-
-            return build
-
-        try:
-            client = qdrant.open_client()
-        except QdrantBusyError as exc:
-            context.log.warning(f"{exc}; retrying in {BUSY_RETRY_SECONDS} s")
-            raise dg.RetryRequested(
-                max_retries=BUSY_RETRIES, seconds_to_wait=BUSY_RETRY_SECONDS
-            ) from exc
         expected: dict[str, str] = {}  # point id -> sha of every image that should have a point
         attempt = f"attempt {context.retry_number + 1} of {policy.max_retries + 1}"
         try:
-            with contextlib.closing(client), qdrant.server_errors():
-                if qdrant.ensure_collection(client, collection, dim, spec.qdrant_distance):
+            with qdrant.open(rebuild=rebuild, log=context.log.info) as vectors:
+                if vectors.ensure_collection(collection, dim, spec.vector_distance):
                     made = f"({dim}-d, {spec.distance})"
                     context.log.info(f"created collection {collection!r} {made}")
                 for folder_key in context.partition_keys:
                     raise_if_cancelled()  # every write is idempotent: the next run finishes
                     t0 = time.perf_counter()
                     hashes = require_hashes(store, folder_key)
-                    current = {
-                        sha: paths
-                        for sha, paths in paths_by_sha(hashes).items()
-                        if store.preview_info(sha) is not None
-                    }
+                    current = source.current(hashes)
                     counts = sync_folder(
-                        client,
+                        vectors,
                         collection,
                         folder_key,
                         hashes["root"],
                         current,
-                        make_point(folder_key),
-                        caption_for,
+                        source.point_builder(folder_key),
+                        source.caption_for,
                     )
                     context.log.info(f"{folder_key}: {dict(counts)}")
                     embedded = {sha for sha in current if store.has_embedding(model_id, sha)}
@@ -289,9 +246,15 @@ def build_qdrant_asset(
                         "folder_removed": bool(hashes.get("removed")),
                         "sync_seconds": round(time.perf_counter() - t0, 3),
                     }
-                points = client.count(collection, exact=True).count
-                size = client.get_collection(collection).config.params.vectors.size
-                missing, bad_vectors = _check_points(client, collection, expected, dim)
+                points = vectors.count(collection)
+                info = vectors.collection_info(collection)
+                size = info.vector_size if info is not None else None
+                missing, bad_vectors = _check_points(vectors, collection, expected, dim)
+        except QdrantBusyError as exc:
+            context.log.warning(f"{exc}; retrying in {BUSY_RETRY_SECONDS} s")
+            raise dg.RetryRequested(
+                max_retries=BUSY_RETRIES, seconds_to_wait=BUSY_RETRY_SECONDS
+            ) from exc
         except (CollectionMismatchError, QdrantRequestError) as exc:
             raise dg.Failure(str(exc), allow_retries=False) from exc  # retrying cannot help
         except Exception as exc:

@@ -8,8 +8,9 @@
   last success and the first failure), and ``safety_margin`` of it is used. On CPU (and MPS, which
   shares system RAM) there is no recoverable out-of-memory error to search on, so the batch is the
   smallest one within ``CPU_THROUGHPUT_TOLERANCE`` of the best measured images/s, bounded by a
-  memory budget. The probe result is cached as JSON per (device name, total memory, model id,
-  precision, torch version) under ``$VIBE_HOME/probe-cache``, so it runs once per machine.
+  memory budget. The probe result is kept as JSON per (device name, total memory, model id,
+  precision, torch version) in the state database (table ``device_probes`` of
+  ``$VIBE_HOME/state.sqlite3``, never evicted), so it runs once per machine.
 * **What if a batch still runs out of memory?** :meth:`InferenceDeviceResource.run_with_oom_split`
   halves it and retries each half, down to single items.
 
@@ -20,7 +21,7 @@ batch gains less than 5 %) finds the plateau. Measured with this module on that 
 random weights, 2 threads): 1.7-2.2 s per probe when the machine is quiet (1: 8.5-9.9 img/s,
 4: 11.2-13.9, 16: 11.5-13.8; picks 4 or 16, equal within noise); 3.1-5.5 s while other processes
 load the CPUs (bounded by ``cpu_probe_max_seconds``). It runs once per machine and is cached: a
-probe taken under load is kept until its cache file is deleted (or set ``cpu_probe=False``).
+probe taken under load is kept until its row is deleted (or set ``cpu_probe=False``).
 
 torch is imported lazily inside functions: Dagster's webserver and daemon import the definitions,
 and must not pay for (or need) torch.
@@ -30,14 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
-import json
 import logging
 import math
-import os
 import resource as _resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +46,7 @@ import numpy as np
 from pydantic import PrivateAttr
 
 from vibe_assets.settings import cpu_budget, vibe_home
+from vibe_assets.state import StateDB, get_probe, open_home_state, put_probe
 
 log = logging.getLogger(__name__)
 
@@ -362,20 +360,17 @@ def _time_batch(run_batch: Callable[[int], None], n: int) -> float:
     return best
 
 
-def _read_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The cached result for ``key`` in ``path``, or None (missing, unreadable, corrupt, or written
-    for another key). Never raises."""
+def _read_probe(state: StateDB, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored probe result for ``key``, or None (missing, corrupt, or not what a probe
+    writes). Never raises for a bad row: the probe runs again and replaces it."""
     try:
-        entry = json.loads(path.read_text())
-        if not isinstance(entry, dict) or entry.get("key") != key:
-            raise ValueError("entry is not for this key")
-        result = entry["result"]
+        result = get_probe(state, key)
+        if result is None:
+            return None
         _check_result(result)
         return result
-    except FileNotFoundError:
-        return None
     except Exception as exc:
-        log.warning("ignoring unreadable batch probe cache %s (%s); probing again", path, exc)
+        log.warning("ignoring an unreadable batch probe for %s (%s); probing again", key, exc)
         return None
 
 
@@ -401,21 +396,13 @@ def _check_result(result: Any) -> None:
         raise ValueError("bad throughput samples")
 
 
-def _write_cache(path: Path, key: dict[str, Any], result: dict[str, Any]) -> None:
-    """Atomically write ``{"key", "result", "created"}`` as JSON; a failure only logs."""
-    entry = {"key": key, "result": result, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp: str | None = None
+def _write_probe(state: StateDB, key: dict[str, Any], result: dict[str, Any]) -> None:
+    """Store a probe result; a failure (e.g. a read-only home) only logs: the batch size is
+    still returned, and the probe runs again next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".probe-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(entry, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("cannot write batch probe cache %s (%s)", path, exc)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        put_probe(state, key, result)
+    except Exception as exc:
+        log.warning("cannot store the batch probe for %s (%s)", key, exc)
 
 
 # --------------------------------------------------------------------------- the resource
@@ -436,7 +423,12 @@ class InferenceDeviceResource(dg.ConfigurableResource):
         cpu_batch_size: CPU/MPS batch when ``cpu_probe`` is False (default 32, DESIGN.md).
         cpu_probe_max_seconds: time budget of one CPU probe; a size whose predicted time would
             exceed it is not tried.
-        cache_dir: probe cache folder; default ``$VIBE_HOME/probe-cache``.
+        home: the ``VIBE_HOME`` whose state database keeps the probes (table
+            ``device_probes`` of ``home/state.sqlite3``); default: the parent of ``cache_dir``
+            when that is set, else ``$VIBE_HOME``.
+        cache_dir: the JSON probe folder of earlier versions (``$VIBE_HOME/probe-cache``), kept
+            so existing configurations load; its files are imported into the state database
+            once (:mod:`vibe_assets.legacy`). Only its parent folder matters now (see ``home``).
         cpu_threads: torch intra-op threads, set when a run starts; 0 (default) = the CPUs this
             process may use (:func:`vibe_assets.settings.cpu_budget`: affinity mask capped by a
             container's CPU quota). On this 2-vCPU machine 2 threads run ViT-B-32 at 11.5-15
@@ -451,16 +443,27 @@ class InferenceDeviceResource(dg.ConfigurableResource):
     cpu_probe: bool = True
     cpu_batch_size: int = DEFAULT_CPU_BATCH_SIZE
     cpu_probe_max_seconds: float = 5.0
+    home: str | None = None
     cache_dir: str | None = None
     cpu_threads: int = 0
 
     _device: str | None = PrivateAttr(default=None)
+    _state: StateDB | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Resolve the device and set torch's CPU threads once per run (imports torch; never at
         definitions import)."""
         self.resolve()
         self.apply_cpu_threads()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the state database (reopened on next use)."""
+        if self._state is not None:
+            self._state.close()
+            self._state = None
 
     def apply_cpu_threads(self) -> int:
         """``torch.set_num_threads`` to ``cpu_threads`` (0: :func:`cpu_budget`); returns it."""
@@ -527,13 +530,19 @@ class InferenceDeviceResource(dg.ConfigurableResource):
 
     # ---------------------------------------------------------------- batch size
 
-    def cache_path(self, key: dict[str, Any]) -> Path:
-        """JSON file of the probe cache entry for ``key`` (file name: SHA-256 of the key)."""
-        folder = (
-            Path(self.cache_dir).expanduser() if self.cache_dir else vibe_home() / "probe-cache"
-        )
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        return folder / f"{digest}.json"
+    def state_home(self) -> Path:
+        """The ``VIBE_HOME`` holding the probes (see ``home``)."""
+        if self.home:
+            return Path(self.home).expanduser().resolve()
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser().resolve().parent
+        return vibe_home()
+
+    def state(self) -> StateDB:
+        """The state database keeping the probes (opened on first use)."""
+        if self._state is None:
+            self._state = open_home_state(self.state_home())
+        return self._state
 
     def _cache_key(self, model_id: str, precision: str) -> dict[str, Any]:
         import torch
@@ -574,8 +583,8 @@ class InferenceDeviceResource(dg.ConfigurableResource):
             ``cpu_probe`` is False. Always ``<= min(max_batch_size, max_batch)``.
 
         The probe runs once per (device name, total memory, model_id, precision, torch version):
-        later calls read the JSON cache and do not call ``run_batch``. A corrupt cache file is
-        ignored and rewritten.
+        later calls read it from the state database and do not call ``run_batch``. A corrupt
+        stored probe is ignored and replaced.
 
         Raises:
             BatchProbeError: on CUDA, a batch of 1 does not fit.
@@ -593,20 +602,20 @@ class InferenceDeviceResource(dg.ConfigurableResource):
             return max(1, min(self.cpu_batch_size, cap))
 
         key = self._cache_key(model_id, precision)
-        path = self.cache_path(key)
-        result = _read_cache(path, key)
+        state = self.state()
+        result = _read_probe(state, key)
         if result is not None and not self._covers(result, cap):
             result = None
         if result is None:
             start = time.perf_counter()
             result = self._probe_cuda(run_batch, cap) if cuda else self._probe_cpu(run_batch, cap)
             result["probe_seconds"] = round(time.perf_counter() - start, 3)
-            _write_cache(path, key, result)
+            _write_probe(state, key, result)
             log.info(
                 "batch probe for %s on %s (%s): %s", model_id, key["device_name"], precision, result
             )
         else:
-            log.debug("batch probe cache hit %s", path)
+            log.debug("batch probe found for %s", key)
         batch = self._pick(result, cap)
         log.info("safe batch size for %s on %s: %d", model_id, device, batch)
         return batch

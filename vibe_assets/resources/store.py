@@ -1,16 +1,24 @@
-"""Content-addressed store for per-file state: scans, hashes, previews, embeddings.
+"""The pipeline's store: state (never evicted) and cache (one size limit), under ``VIBE_HOME``.
 
-Everything lives under ``VIBE_HOME``:
+Layout of ``VIBE_HOME`` (details in :mod:`vibe_assets.state` and :mod:`vibe_assets.cache`):
 
-- ``cache/``: a size-limited `diskcache` (SQLite) holding JSON documents and raw ``bytes``
-  (embeddings). Its :class:`SafeDisk` refuses to pickle or unpickle anything, so a planted cache
-  entry cannot run code when read: a pickled entry reads as missing and is recomputed.
-- ``previews/ab/<sha256>.jpg`` (long side 512 px) and ``<sha256>.thumb.jpg`` (256 px): plain
-  image files, written atomically (temp file + ``os.replace``).
-- ``registry.sqlite3``: the folder registry (:class:`vibe_assets.partitions.FolderRegistry`).
+- ``state.sqlite3``: STATE, never evicted. Folder registry, per-folder listings (rows: path,
+  size, mtime_ns, inode, format, SHA-256; failures with their stage and code), sensor
+  fingerprints, device probes, decode outcomes (preview info, or a failure with the decoder's
+  fingerprint). Schema version + migrations; WAL; safe from several processes.
+- ``cache/`` and ``previews/``: CACHE, recomputable, under ONE size limit
+  (``VIBE_CACHE_SIZE_LIMIT_BYTES``, 8 GiB by default) that covers embeddings, captions, previews
+  and thumbnails alike; the least recently stored entries are evicted past it. ``cache/`` is a
+  diskcache whose :class:`SafeDisk` refuses to pickle or unpickle anything (a planted pickle
+  reads as missing and is recomputed). Previews: ``previews/ab/<sha256>.jpg`` (long side
+  512 px) and ``<sha256>.thumb.jpg`` (256 px), written atomically (temp file + ``os.replace``).
+  An evicted preview is decoded again from the original when needed; previews of images no
+  folder holds any more are collected at the end of ``photo_hashes``.
+- ``qdrant/``, ``dagster/``: the embedded vector store and the Dagster instance.
+- ``*.imported``: files of the layout before ``state.sqlite3``, imported once (safe to delete).
 
 Keys are content addressed: pixels-derived data is keyed by the SHA-256 of the file bytes (plus the
-model id for embeddings), so renamed or copied files cost nothing.
+model id for embeddings and captions), so renamed or copied files cost nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,52 +38,26 @@ import diskcache
 import numpy as np
 from pydantic import PrivateAttr
 
+from vibe_assets import state as state_db
+from vibe_assets.cache import (
+    Collected,
+    SafeDisk,
+    UnsafeCacheEntry,
+    collect_unreferenced_previews,
+    drop_preview,
+    open_cache,
+    preview_files,
+    register_preview,
+)
 from vibe_assets.partitions import FolderRegistry
-from vibe_assets.settings import vibe_home
+from vibe_assets.settings import cache_size_limit_bytes, preview_gc_grace_seconds, vibe_home
+from vibe_assets.state import ListingWrite, StateDB, open_home_state
+
+__all__ = ["Collected", "SafeDisk", "StoreResource", "UnsafeCacheEntry", "atomic_write"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZE_LIMIT_BYTES = 8 * 2**30  # 8 GiB: ~4M embeddings of 512 float32 plus JSON documents.
 UNIT_NORM_TOLERANCE = 1e-3  # a stored float32 embedding has L2 norm 1 within ~1e-6
-
-
-class UnsafeCacheEntry(ValueError):
-    """A cache entry was stored pickled (not written by us): it is never loaded."""
-
-
-class SafeDisk(diskcache.Disk):
-    """diskcache ``Disk`` that only stores ``str``/``bytes``/``int``/``float`` keys and values.
-
-    Raises:
-        TypeError: on storing any other type (which the stock ``Disk`` would pickle).
-        UnsafeCacheEntry: on reading a pickled key or value.
-    """
-
-    _ALLOWED = (str, bytes, int, float)
-
-    def put(self, key: Any) -> tuple[Any, bool]:
-        if type(key) not in self._ALLOWED:
-            raise TypeError(f"cache keys must be str/bytes/int/float, not {type(key).__name__}")
-        return super().put(key)
-
-    def get(self, key: Any, raw: bool) -> Any:
-        if not raw:
-            raise UnsafeCacheEntry("refusing to unpickle a cache key")
-        return super().get(key, raw)
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if not read and type(value) not in self._ALLOWED:
-            raise TypeError(f"cache values must be str/bytes/int/float, not {type(value).__name__}")
-        return super().store(value, read, key)
-
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_PICKLE:
-            raise UnsafeCacheEntry("refusing to unpickle a cache value")
-        return super().fetch(mode, filename, value, read)
-
-
-def _sha_dir(root: Path, sha256: str) -> Path:
-    return root / sha256[:2]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -97,24 +80,32 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class StoreResource(dg.ConfigurableResource):
-    """Per-file state of the pipeline under ``home`` (``VIBE_HOME``); see the module docstring.
+    """State and cache of the pipeline under ``home`` (``VIBE_HOME``); see the module docstring.
 
     Attributes:
-        home: state directory (created on first use).
-        size_limit_bytes: diskcache size limit in bytes; least-recently-stored entries are evicted
-            past it (they are recomputed when needed, never lost data).
+        home: the ``VIBE_HOME`` directory (created on first use).
+        size_limit_bytes: the cache's one size limit in bytes (embeddings, captions, previews
+            and thumbnails together); None: ``VIBE_CACHE_SIZE_LIMIT_BYTES`` (default 8 GiB),
+            read when the cache opens. Least recently stored entries are evicted past it (they
+            are recomputed when needed, never lost data); the state is never evicted.
+        preview_gc_grace_seconds: how long an image no folder holds any more keeps its preview
+            (seconds); None: ``VIBE_PREVIEW_GC_GRACE_SECONDS`` (default one day).
     """
 
     home: str
-    size_limit_bytes: int = DEFAULT_SIZE_LIMIT_BYTES
+    size_limit_bytes: int | None = None
+    preview_gc_grace_seconds: float | None = None
 
+    _state: StateDB | None = PrivateAttr(default=None)
     _cache: diskcache.Cache | None = PrivateAttr(default=None)
     _registry: FolderRegistry | None = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.RLock)
 
     @classmethod
     def from_env(cls) -> StoreResource:
-        """Store at ``$VIBE_HOME`` (default ``~/.vibe_assets``)."""
-        return cls(home=str(vibe_home()))
+        """Store at ``$VIBE_HOME`` (default ``~/.vibe_assets``), cache limit from
+        ``VIBE_CACHE_SIZE_LIMIT_BYTES``."""
+        return cls(home=str(vibe_home()), size_limit_bytes=cache_size_limit_bytes())
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
@@ -123,33 +114,53 @@ class StoreResource(dg.ConfigurableResource):
         return Path(self.home).expanduser().resolve()
 
     @property
+    def state(self) -> StateDB:
+        """The state database (``home/state.sqlite3``), opened on first use; the old layout is
+        imported the first time (:mod:`vibe_assets.legacy`).
+
+        Raises:
+            vibe_assets.state.SchemaTooNewError: written by a newer vibe_assets.
+        """
+        with self._lock:
+            if self._state is None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._state = open_home_state(self.root)
+            return self._state
+
+    @property
     def cache(self) -> diskcache.Cache:
-        """The diskcache, opened on first use."""
-        if self._cache is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._cache = diskcache.Cache(
-                str(self.root / "cache"),
-                disk=SafeDisk,
-                size_limit=self.size_limit_bytes,
-                eviction_policy="least-recently-stored",
-            )
-        return self._cache
+        """The diskcache, opened on first use (after the state, so that an old layout's state
+        documents are imported before anything can evict them)."""
+        with self._lock:
+            if self._cache is None:
+                _ = self.state
+                limit = self.size_limit_bytes
+                self._cache = open_cache(
+                    self.root, limit if limit is not None else cache_size_limit_bytes()
+                )
+            return self._cache
 
     @property
     def registry(self) -> FolderRegistry:
-        """The folder registry (``home/registry.sqlite3``)."""
-        if self._registry is None:
-            self._registry = FolderRegistry(self.root / "registry.sqlite3")
-        return self._registry
+        """The folder registry (table ``folders`` of the state database)."""
+        with self._lock:
+            if self._registry is None:
+                self._registry = FolderRegistry(self.state)
+            return self._registry
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
 
     def close(self) -> None:
-        """Close the diskcache (reopened lazily on next use)."""
-        if self._cache is not None:
-            self._cache.close()
-            self._cache = None
+        """Close the cache and the state database (both reopen lazily on next use)."""
+        with self._lock:
+            if self._cache is not None:
+                self._cache.close()
+                self._cache = None
+            if self._state is not None:
+                self._state.close()
+                self._state = None
+            self._registry = None
 
     def _get(self, key: str) -> Any:
         try:
@@ -160,7 +171,7 @@ class StoreResource(dg.ConfigurableResource):
             return None
 
     def get_json(self, key: str) -> Any:
-        """JSON document stored under ``key``; None when missing, unreadable or unsafe."""
+        """JSON document cached under ``key``; None when missing, unreadable or unsafe."""
         raw = self._get(key)
         if not isinstance(raw, str):
             return None
@@ -171,41 +182,69 @@ class StoreResource(dg.ConfigurableResource):
             return None
 
     def set_json(self, key: str, value: Any) -> None:
-        """Store ``value`` (JSON-serialisable) under ``key``."""
+        """Cache ``value`` (JSON-serialisable) under ``key`` (recomputable data only: it can be
+        evicted)."""
         self.cache.set(key, json.dumps(value, separators=(",", ":")))
 
     def delete(self, key: str) -> None:
-        """Remove ``key`` if present."""
+        """Remove cache entry ``key`` if present."""
         self.cache.delete(key)
 
-    # -- per-folder documents -------------------------------------------------------------------
+    # -- per-folder listings (state) ------------------------------------------------------------
     def folder_scan(self, folder_key: str) -> dict[str, Any] | None:
-        """Last scan of a folder written by ``photo_files``."""
-        return self.get_json(f"scan/{folder_key}")
+        """Last scan of a folder written by ``photo_files``: ``{"root", "files": [{"path",
+        "size", "mtime_ns", "inode", "format"}] (sorted by path), "failures", "skipped_hidden",
+        "skipped_symlinks", "skipped_other", "removed"}``, or None."""
+        return state_db.read_scan(self.state, folder_key)
 
-    def set_folder_scan(self, folder_key: str, scan: dict[str, Any]) -> None:
-        self.set_json(f"scan/{folder_key}", scan)
+    def set_folder_scan(self, folder_key: str, scan: dict[str, Any]) -> ListingWrite:
+        """Store a folder's scan, writing only the rows that changed
+        (:func:`vibe_assets.state.write_scan`)."""
+        return state_db.write_scan(self.state, folder_key, scan)
 
     def folder_hashes(self, folder_key: str) -> dict[str, Any] | None:
-        """Last hash listing of a folder written by ``photo_hashes``."""
-        return self.get_json(f"hashes/{folder_key}")
+        """Last hash listing of a folder written by ``photo_hashes``: ``{"root", "files":
+        {path: {"path", "size", "mtime_ns", "inode", "format", "sha256"}}, "failures",
+        "removed"}``, or None. A file scanned since with another stat is left out until hashed
+        again."""
+        return state_db.read_hashes(self.state, folder_key)
 
-    def set_folder_hashes(self, folder_key: str, hashes: dict[str, Any]) -> None:
-        self.set_json(f"hashes/{folder_key}", hashes)
+    def set_folder_hashes(self, folder_key: str, hashes: dict[str, Any]) -> ListingWrite:
+        """Store a folder's hash listing, writing only the rows that changed
+        (:func:`vibe_assets.state.write_hashes`)."""
+        return state_db.write_hashes(self.state, folder_key, hashes)
 
-    # -- per-image (content addressed) ----------------------------------------------------------
+    def collect_unreferenced_previews(self, limit: int | None = None) -> Collected:
+        """Delete previews (files, cache entries) and decode outcomes of images that no folder
+        listing has referenced for ``preview_gc_grace_seconds``
+        (:func:`vibe_assets.cache.collect_unreferenced_previews`); at most ``limit`` images
+        (default 5,000) per call."""
+        grace = self.preview_gc_grace_seconds
+        kwargs = {} if limit is None else {"limit": limit}
+        return collect_unreferenced_previews(
+            self.state,
+            self.cache,
+            self.root,
+            grace if grace is not None else preview_gc_grace_seconds(),
+            **kwargs,
+        )
+
+    # -- per-image decode outcomes (state) and previews (cache) ---------------------------------
     def preview_info(self, sha256: str) -> dict[str, Any] | None:
-        """Decode result of an image: width, height, format, decoder (or None if not decoded).
+        """Decode result of an image: ``{"width", "height" (pixels), "format", "decoder",
+        "exif"}`` (or None if not decoded, or if it failed).
 
         A record without positive integer ``width``/``height`` and a string ``format`` (corrupt,
-        or written by something else) reads as None, so the image is decoded again.
+        or written by something else) reads as None, so the image is decoded again. The preview
+        FILE may still be missing (evicted from the cache): see
+        :func:`vibe_assets.assets.previews.needs_decode`.
         """
-        info = self.get_json(f"preview/{sha256}")
-        if info is None:
+        outcome = state_db.get_decode_outcome(self.state, sha256)
+        if outcome is None or outcome["status"] != "preview":
             return None
+        info = {k: v for k, v in outcome.items() if k != "status"}
         if not (
-            isinstance(info, dict)
-            and all(type(info.get(k)) is int and info[k] > 0 for k in ("width", "height"))
+            all(type(info.get(k)) is int and info[k] > 0 for k in ("width", "height"))
             and isinstance(info.get("format"), str)
             and isinstance(info.get("exif", {}), dict)
         ):
@@ -214,7 +253,8 @@ class StoreResource(dg.ConfigurableResource):
         return info
 
     def decode_failure(self, sha256: str) -> dict[str, Any] | None:
-        """Cached content failure of these bytes: ``{"code", "message", "decoder"}`` (or None).
+        """Recorded content failure of these bytes: ``{"code", "message", "decoder"}`` (or
+        None).
 
         ``decoder`` is the fingerprint of the decoding code that failed
         (:func:`vibe_assets.assets.previews.decoder_fingerprint`); it is None in a record
@@ -222,27 +262,37 @@ class StoreResource(dg.ConfigurableResource):
         decision (:func:`vibe_assets.assets.previews.needs_decode`): one made by another decoder
         is retried once.
         """
-        doc = self.get_json(f"failure/{sha256}")
-        if not isinstance(doc, dict) or "code" not in doc:
+        outcome = state_db.get_decode_outcome(self.state, sha256)
+        if outcome is None or outcome["status"] != "failure":
             return None
-        return {**doc, "decoder": doc.get("decoder")}
+        return {k: v for k, v in outcome.items() if k != "status"}
 
     def preview_path(self, sha256: str) -> Path:
         """Path of the preview JPEG of an image (long side 512 px)."""
-        return _sha_dir(self.root / "previews", sha256) / f"{sha256}.jpg"
+        return preview_files(self.root, sha256)[0]
 
     def thumbnail_path(self, sha256: str) -> Path:
         """Path of the thumbnail JPEG of an image (long side 256 px)."""
-        return _sha_dir(self.root / "previews", sha256) / f"{sha256}.thumb.jpg"
+        return preview_files(self.root, sha256)[1]
+
+    def has_preview_files(self, sha256: str) -> bool:
+        """True when both the preview and the thumbnail file exist (not evicted)."""
+        return self.preview_path(sha256).is_file() and self.thumbnail_path(sha256).is_file()
 
     def put_preview(
         self, sha256: str, preview: bytes, thumbnail: bytes, info: dict[str, Any]
     ) -> None:
-        """Write preview and thumbnail files, then record ``info`` (files first: crash-safe)."""
+        """Write preview and thumbnail files, count them in the cache, then record ``info`` as
+        the decode outcome (replacing a failure). Files first: a crash leaves files without a
+        record (decoded again), never a record without files.
+
+        Raises:
+            OSError: a file cannot be written (e.g. ``ENOSPC``).
+        """
         atomic_write(self.preview_path(sha256), preview)
         atomic_write(self.thumbnail_path(sha256), thumbnail)
-        self.cache.delete(f"failure/{sha256}")
-        self.set_json(f"preview/{sha256}", info)
+        register_preview(self.cache, self.root, sha256)
+        state_db.put_preview_outcome(self.state, sha256, info)
 
     def put_decode_failure(
         self, sha256: str, failure: dict[str, Any], decoder: str | None = None
@@ -251,12 +301,15 @@ class StoreResource(dg.ConfigurableResource):
         see :meth:`decode_failure`): ``failure`` is ``{"code", "message"}``. The record stays
         until a preview of these bytes is stored; callers retry it when the bytes change or
         the fingerprint does."""
-        self.set_json(f"failure/{sha256}", {**failure, "decoder": decoder})
+        state_db.put_failure_outcome(self.state, sha256, failure, decoder)
 
     def forget_preview(self, sha256: str) -> None:
-        """Drop a preview record (e.g. its file went missing) so the next run re-decodes it."""
-        self.cache.delete(f"preview/{sha256}")
+        """Drop an image's preview record and files (e.g. its preview is unreadable) so the next
+        run decodes it again; a failure record is kept."""
+        drop_preview(self.cache, self.root, sha256)
+        state_db.delete_preview_outcome(self.state, sha256)
 
+    # -- embeddings and captions (cache) --------------------------------------------------------
     @staticmethod
     def _embedding_key(model_id: str, sha256: str) -> str:
         return f"embedding/{model_id}/{sha256}"

@@ -1,0 +1,171 @@
+"""What a collection's points are made of, read from our store (no model is run here).
+
+A point is one image: id = :func:`~vibe_assets.vectors.base.point_id` of its SHA-256, vector =
+its stored CLIP embedding for the collection's model ((D,) float32, L2-normalised), payload =
+sha256, paths, folder_keys, width/height/format from its preview record, embed_model, EXIF
+fields and, once captioned, caption/caption_model/captioned_at. The ``qdrant_<collection>``
+asset syncs folders with it; the migration from the old local-mode store rebuilds whole
+collections with it (:func:`rebuild_collection`), so both produce the same points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from vibe_assets.points import sync_folder
+from vibe_assets.vectors.base import Distance, VectorPoint, VectorStore, point_id
+
+
+class _Store(Protocol):  # the parts of StoreResource used here
+    def preview_info(self, sha256: str) -> dict[str, Any] | None: ...
+    def get_embedding(self, model_id: str, sha256: str) -> Any: ...
+    def get_caption(self, model_id: str, sha256: str) -> dict[str, str] | None: ...
+    def folder_hashes(self, folder_key: str) -> dict[str, Any] | None: ...
+
+
+def exif_payload(exif: dict[str, Any]) -> dict[str, Any]:
+    """Payload fields from a photo's EXIF (:func:`vibe_assets.imaging.exif.photo_metadata`):
+    the fields as they are (taken_at, camera_make, camera_model, lens, focal_length_mm,
+    aperture, exposure_s, iso, gps_lat, gps_lon), plus ``location`` ``{"lat", "lon"}`` (Qdrant's
+    geo format) when both coordinates are present."""
+    payload = dict(exif)
+    if "gps_lat" in exif and "gps_lon" in exif:
+        payload["location"] = {"lat": exif["gps_lat"], "lon": exif["gps_lon"]}
+    return payload
+
+
+def paths_by_sha(hashes: dict[str, Any]) -> dict[str, list[str]]:
+    """``{sha256: [paths...]}`` of one folder's hash listing (paths sorted)."""
+    out: dict[str, list[str]] = {}
+    for path, entry in hashes["files"].items():
+        out.setdefault(entry["sha256"], []).append(path)
+    return {sha: sorted(paths) for sha, paths in out.items()}
+
+
+@dataclass
+class PointSource:
+    """Points of one collection built from ``store``.
+
+    Attributes:
+        store: our store (previews' metadata, embeddings, captions, hash listings).
+        model_id: the CLIP model id whose stored embeddings are the vectors.
+        dim: the model's vector size D; an embedding of another shape is not used.
+        caption_model: the BLIP model id whose stored captions go into payloads.
+    """
+
+    store: _Store
+    model_id: str
+    dim: int
+    caption_model: str
+
+    def caption_for(self, sha: str) -> dict[str, str] | None:
+        """The caption payload (``caption``, ``caption_model``, ``captioned_at``) of an image, or
+        None when it has no stored caption from :attr:`caption_model`."""
+        stored = self.store.get_caption(self.caption_model, sha)
+        if stored is None:
+            return None
+        return {
+            "caption": stored["text"],
+            "caption_model": self.caption_model,
+            "captioned_at": stored["captioned_at"],
+        }
+
+    def current(self, hashes: dict[str, Any]) -> dict[str, list[str]]:
+        """``{sha256: paths}`` of a folder's images that have a preview (decoded)."""
+        return {
+            sha: paths
+            for sha, paths in paths_by_sha(hashes).items()
+            if self.store.preview_info(sha) is not None
+        }
+
+    def point_builder(self, folder_key: str) -> Callable[[str, list[str]], VectorPoint | None]:
+        """Builds the full point of a new image of partition ``folder_key`` from (sha256, its
+        paths there); None when it has no preview or no embedding of shape (D,)."""
+
+        def build(sha: str, paths: list[str]) -> VectorPoint | None:
+            info = self.store.preview_info(sha)
+            vector = self.store.get_embedding(self.model_id, sha)
+            if info is None or vector is None or vector.shape != (self.dim,):
+                return None
+            payload = {
+                "sha256": sha,
+                "paths": paths,
+                "folder_keys": [folder_key],
+                "width": info["width"],
+                "height": info["height"],
+                "format": info["format"],
+                "embed_model": self.model_id,
+                "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                **exif_payload(info.get("exif") or {}),
+                **(self.caption_for(sha) or {}),
+            }
+            return VectorPoint(point_id(sha), vector, payload)
+
+        return build
+
+
+def rebuild_collection(
+    vectors: VectorStore,
+    name: str,
+    source: PointSource,
+    distance: Distance,
+    folder_keys: Iterable[str],
+) -> int:
+    """Create collection ``name`` if needed and sync every folder of ``folder_keys`` that has a
+    hash listing into it, exactly as the ``qdrant_<name>`` asset would; returns the points it
+    then holds. Reads the store only: no decoding, no embedding.
+
+    Raises:
+        CollectionMismatchError: ``name`` exists with another vector size or distance.
+    """
+    vectors.ensure_collection(name, source.dim, distance)
+    for key in folder_keys:
+        hashes = source.store.folder_hashes(key)
+        if hashes is None:
+            continue  # registered, never hashed: nothing of it was in the old store either
+        sync_folder(
+            vectors,
+            name,
+            key,
+            hashes["root"],
+            source.current(hashes),
+            source.point_builder(key),
+            source.caption_for,
+        )
+    return vectors.count(name)
+
+
+class _Spec(Protocol):
+    name: str
+    model: str
+    weights: str
+    distance: str
+
+
+def store_rebuilder(
+    store: Any, clip: Any, specs: Sequence[_Spec], blip: Any
+) -> Callable[[VectorStore, str], int | None]:
+    """The ``rebuild`` of :meth:`VectorStoreResource.open
+    <vibe_assets.resources.vectors.VectorStoreResource.open>`: rebuilds a configured
+    collection from ``store`` (a :class:`~vibe_assets.resources.store.StoreResource`) over every
+    registered folder; None for a collection that is not among ``specs``.
+
+    ``clip`` (a :class:`~vibe_assets.resources.clip.ClipResource`) gives each spec's model id
+    and vector size (from open_clip's config, no weights loaded), ``blip`` the caption model id;
+    both are only read when a migration happens.
+    """
+    by_name = {spec.name: spec for spec in specs}
+
+    def rebuild(vectors: VectorStore, name: str) -> int | None:
+        spec = by_name.get(name)
+        if spec is None:
+            return None
+        model = clip.for_model(spec.model, spec.weights)
+        source = PointSource(store, model.model_id, model.embedding_dim(), blip.model_id)
+        keys = [folder.key for folder in store.registry.list()]
+        return rebuild_collection(vectors, name, source, Distance(spec.distance), keys)
+
+    return rebuild
