@@ -309,12 +309,18 @@ def folders_remove(key_or_path: str) -> None:
         for spec in load_collections():
             if not vectors.collection_exists(spec.name):
                 continue
-            counts = sync_folder(
-                vectors, spec.name, folder.key, str(folder.path), {}, lambda *_: None
+            result = sync_folder(
+                vectors,
+                store.state,
+                spec.name,
+                folder.key,
+                {},
+                lambda *_: None,
+                leaving=True,  # only the paths this partition listed go; nested ones stay
             )
             click.echo(
-                f"removed {folder.key} from {spec.name!r}: {counts['deleted']} points deleted, "
-                f"{counts['payload_updated']} kept for copies elsewhere"
+                f"removed {folder.key} from {spec.name!r}: {result.counts['deleted']} points "
+                f"deleted, {result.counts['payload_updated']} kept for copies elsewhere"
             )
     instance = get_instance()
     if instance.has_dynamic_partition(PARTITIONS_NAME, folder.key):
@@ -376,6 +382,8 @@ def collections_delete(name: str, yes: bool) -> None:
     """Delete collection NAME from the vector store (points only; previews, embeddings and
     captions stay in the store, so re-creating it re-uploads without recomputing)."""
     from vibe_assets.definitions import default_resources
+    from vibe_assets.resources.store import StoreResource
+    from vibe_assets.state import reset_synced as forget_collection
 
     with _vector_errors(), _open_vectors(default_resources()) as vectors:
         if not vectors.collection_exists(name):
@@ -384,6 +392,7 @@ def collections_delete(name: str, yes: bool) -> None:
         if not yes:
             click.confirm(f"delete collection {name!r} with {points} points?", abort=True)
         vectors.delete_collection(name)
+    forget_collection(StoreResource.from_env().state, name)  # its recorded syncs
     click.echo(f"deleted collection {name!r} ({points} points)")
 
 
@@ -430,6 +439,45 @@ def export(collection: str | None, fmt: str, with_vectors: bool, output: Path | 
             _fail(f"collection {name!r} does not exist")
     where = output if output is not None else "stdout"
     click.echo(f"exported {n} points of {name!r} to {where} ({fmt})", err=True)
+
+
+@main.group()
+def cache() -> None:
+    """Sizes of the state and the caches; clear caches (never state)."""
+
+
+@cache.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def cache_info_cmd(as_json: bool) -> None:
+    """State database and cache sizes under VIBE_HOME, entries per cache kind, the limit."""
+    from vibe_assets.cache import cache_info, describe_cache_info
+    from vibe_assets.settings import cache_size_limit_bytes, vibe_home
+
+    info = cache_info(vibe_home(), cache_size_limit_bytes())
+    click.echo(json.dumps(info, indent=2) if as_json else describe_cache_info(info))
+
+
+@cache.command("clear")
+@click.option("--embeddings", is_flag=True, help="CLIP embeddings (recomputed from previews).")
+@click.option("--captions", is_flag=True, help="BLIP captions (recomputed from previews).")
+@click.option("--previews", is_flag=True, help="Previews and thumbnails (decoded again).")
+@click.option("--all", "everything", is_flag=True, help="Every cache kind (the default).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def cache_clear_cmd(
+    embeddings: bool, captions: bool, previews: bool, everything: bool, yes: bool
+) -> None:
+    """Delete cached embeddings, captions and/or previews (all of them when no kind is named).
+    State (folders, listings, decode outcomes, probes) is never touched; whatever is cleared is
+    recomputed by the next run that needs it, and the vector collections keep their points."""
+    from vibe_assets.cache import clear_cache, describe_cleared
+    from vibe_assets.settings import vibe_home
+
+    named = [k for k, on in (("embeddings", embeddings), ("captions", captions)) if on]
+    named += ["previews"] if previews else []
+    kinds = ["all"] if everything or not named else named
+    if not yes:
+        click.confirm(f"clear the cached {', '.join(kinds)} under {vibe_home()}?", abort=True)
+    click.echo(describe_cleared(clear_cache(vibe_home(), kinds)))
 
 
 @main.group()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from vibe_assets.points import sync_folder
+from vibe_assets.points import MakePoint, sync_folders
+from vibe_assets.state import StateDB
 from vibe_assets.vectors.base import Distance, VectorPoint, VectorStore, point_id
 
 
@@ -81,11 +82,12 @@ class PointSource:
             if self.store.preview_info(sha) is not None
         }
 
-    def point_builder(self, folder_key: str) -> Callable[[str, list[str]], VectorPoint | None]:
-        """Builds the full point of a new image of partition ``folder_key`` from (sha256, its
-        paths there); None when it has no preview or no embedding of shape (D,)."""
+    def point_builder(self, folder_key: str) -> MakePoint:
+        """Builds the full point of a new image synced from partition ``folder_key`` from
+        (sha256, its paths, the folder keys listing them); None when it has no preview or no
+        embedding of shape (D,)."""
 
-        def build(sha: str, paths: list[str]) -> VectorPoint | None:
+        def build(sha: str, paths: list[str], keys: list[str]) -> VectorPoint | None:
             info = self.store.preview_info(sha)
             vector = self.store.get_embedding(self.model_id, sha)
             if info is None or vector is None or vector.shape != (self.dim,):
@@ -93,7 +95,7 @@ class PointSource:
             payload = {
                 "sha256": sha,
                 "paths": paths,
-                "folder_keys": [folder_key],
+                "folder_keys": keys or [folder_key],
                 "width": info["width"],
                 "height": info["height"],
                 "format": info["format"],
@@ -109,6 +111,7 @@ class PointSource:
 
 def rebuild_collection(
     vectors: VectorStore,
+    state: StateDB,
     name: str,
     source: PointSource,
     distance: Distance,
@@ -122,19 +125,12 @@ def rebuild_collection(
         CollectionMismatchError: ``name`` exists with another vector size or distance.
     """
     vectors.ensure_collection(name, source.dim, distance)
+    folders = []
     for key in folder_keys:
         hashes = source.store.folder_hashes(key)
-        if hashes is None:
-            continue  # registered, never hashed: nothing of it was in the old store either
-        sync_folder(
-            vectors,
-            name,
-            key,
-            hashes["root"],
-            source.current(hashes),
-            source.point_builder(key),
-            source.caption_for,
-        )
+        if hashes is not None:  # registered, never hashed: nothing of it was in the old store
+            folders.append((key, source.current(hashes)))
+    sync_folders(vectors, state, name, folders, source.point_builder, source.caption_for)
     return vectors.count(name)
 
 
@@ -166,6 +162,6 @@ def store_rebuilder(
         model = clip.for_model(spec.model, spec.weights)
         source = PointSource(store, model.model_id, model.embedding_dim(), blip.model_id)
         keys = [folder.key for folder in store.registry.list()]
-        return rebuild_collection(vectors, name, source, Distance(spec.distance), keys)
+        return rebuild_collection(vectors, store.state, name, source, Distance(spec.distance), keys)
 
     return rebuild

@@ -109,7 +109,23 @@ def _v1_initial(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (("initial", _v1_initial),)
+def _v2_synced(db: sqlite3.Connection) -> None:
+    """What each collection holds, as last written by the ``qdrant_<collection>`` sync: the
+    paths of each folder it synced (``synced_files``) and the images that have a point, with
+    the caption their payload carries (``synced_points``). The sync diffs a folder's listing
+    against these instead of reading the collection (:mod:`vibe_assets.points`)."""
+    for statement in (
+        "CREATE TABLE synced_files (collection TEXT NOT NULL, folder_key TEXT NOT NULL,"
+        " path BLOB NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (collection, folder_key, path))"
+        " WITHOUT ROWID",
+        "CREATE TABLE synced_points (collection TEXT NOT NULL, sha256 TEXT NOT NULL,"
+        " caption_model TEXT, captioned_at TEXT, PRIMARY KEY (collection, sha256))"
+        " WITHOUT ROWID",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (("initial", _v1_initial), ("synced", _v2_synced))
 """Ordered migrations: the schema version of a database is the number of migrations applied.
 Append only; never edit or reorder one that shipped."""
 
@@ -910,3 +926,135 @@ def pending_unreferenced(db: StateDB) -> int:
     """Candidates waiting for the preview collection."""
     with db.read() as conn:
         return conn.execute("SELECT COUNT(*) FROM preview_gc").fetchone()[0]
+
+
+# -- what a vector collection holds (the qdrant_<collection> sync) -------------------------------
+
+_IN_CHUNK = 500  # values per SQL IN (...) list (SQLite's default limit is 32,766 variables)
+
+Caption = tuple[str | None, str | None]
+"""``(caption_model, captioned_at)`` a point's payload carries; ``(None, None)`` uncaptioned."""
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    """One folder sync to record with :func:`record_sync`: the folder's files now synced
+    (``files``: ``{path: sha256}``), points written with their caption (``upserted``), points
+    whose caption payload changed (``captioned``), points deleted (``deleted``: SHA-256s)."""
+
+    files: dict[str, str]
+    upserted: dict[str, Caption]
+    captioned: dict[str, Caption]
+    deleted: frozenset[str]
+
+
+def synced_files(db: StateDB, collection: str, folder_key: str) -> dict[str, str]:
+    """``{path: sha256}`` of folder ``folder_key`` as last synced into ``collection``."""
+    with db.read() as conn:
+        rows = conn.execute(
+            "SELECT path, sha256 FROM synced_files WHERE collection = ? AND folder_key = ?",
+            (collection, folder_key),
+        ).fetchall()
+    return {_path_str(path): sha for path, sha in rows}
+
+
+def synced_points(db: StateDB, collection: str, shas: Iterable[str]) -> dict[str, Caption]:
+    """``{sha256: (caption_model, captioned_at)}`` of those of ``shas`` that have a point in
+    ``collection`` (as recorded by the sync)."""
+    wanted = list(dict.fromkeys(shas))
+    out: dict[str, Caption] = {}
+    with db.read() as conn:
+        for i in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for sha, model, at in conn.execute(
+                "SELECT sha256, caption_model, captioned_at FROM synced_points"
+                f" WHERE collection = ? AND sha256 IN ({marks})",
+                (collection, *chunk),
+            ):
+                out[sha] = (model, at)
+    return out
+
+
+def synced_point_count(db: StateDB, collection: str) -> int:
+    """Points ``collection`` holds according to the recorded syncs."""
+    with db.read() as conn:
+        (n,) = conn.execute(
+            "SELECT COUNT(*) FROM synced_points WHERE collection = ?", (collection,)
+        ).fetchone()
+    return int(n)
+
+
+def listed_paths(
+    db: StateDB, shas: Iterable[str], exclude_folder: str | None = None
+) -> dict[str, list[tuple[str, str]]]:
+    """``{sha256: [(path, folder_key), ...]}``: every listed file holding these bytes, in every
+    folder listing but ``exclude_folder``'s (a path listed by two nested partitions appears once
+    per partition); SHA-256s no listing holds are absent. Sorted by path, then folder key."""
+    wanted = list(dict.fromkeys(shas))
+    out: dict[str, list[tuple[str, str]]] = {}
+    with db.read() as conn:
+        for i in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for sha, path, key in conn.execute(
+                f"SELECT sha256, path, folder_key FROM listing_files WHERE sha256 IN ({marks})",
+                chunk,
+            ):
+                if key != exclude_folder:
+                    out.setdefault(sha, []).append((_path_str(path), key))
+    return {sha: sorted(rows) for sha, rows in out.items()}
+
+
+def record_sync(db: StateDB, collection: str, folder_key: str, record: SyncRecord) -> None:
+    """Record what a folder sync wrote (one transaction; call it after the writes to the
+    collection succeeded, so a crash in between only makes the next run write again)."""
+    with db.write() as conn:
+        old = {
+            path: sha
+            for path, sha in conn.execute(
+                "SELECT path, sha256 FROM synced_files WHERE collection = ? AND folder_key = ?",
+                (collection, folder_key),
+            )
+        }
+        new = {_path_blob(path): sha for path, sha in record.files.items()}
+        conn.executemany(
+            "DELETE FROM synced_files WHERE collection = ? AND folder_key = ? AND path = ?",
+            [(collection, folder_key, path) for path in old if path not in new],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO synced_files (collection, folder_key, path, sha256)"
+            " VALUES (?, ?, ?, ?)",
+            [
+                (collection, folder_key, path, sha)
+                for path, sha in new.items()
+                if old.get(path) != sha
+            ],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO synced_points (collection, sha256, caption_model,"
+            " captioned_at) VALUES (?, ?, ?, ?)",
+            [
+                (collection, sha, model, at)
+                for sha, (model, at) in {**record.upserted, **record.captioned}.items()
+            ],
+        )
+        conn.executemany(
+            "DELETE FROM synced_points WHERE collection = ? AND sha256 = ?",
+            [(collection, sha) for sha in record.deleted],
+        )
+
+
+def reset_synced(db: StateDB, collection: str, points: dict[str, Caption] | None = None) -> None:
+    """Forget what was recorded for ``collection`` (it was deleted, or found to differ from
+    what the syncs recorded): every folder's next sync rewrites its points' paths. ``points``:
+    the points the collection really holds (``{sha256: caption}``, e.g. read back by
+    :func:`vibe_assets.points.reconcile_collection`), recorded instead."""
+    with db.write() as conn:
+        conn.execute("DELETE FROM synced_files WHERE collection = ?", (collection,))
+        conn.execute("DELETE FROM synced_points WHERE collection = ?", (collection,))
+        conn.executemany(
+            "INSERT INTO synced_points (collection, sha256, caption_model, captioned_at)"
+            " VALUES (?, ?, ?, ?)",
+            [(collection, sha, model, at) for sha, (model, at) in (points or {}).items()],
+        )

@@ -84,3 +84,23 @@ def test_failed_run_exits_1(cli_env: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["ingest", str(_library(tmp_path / "lib")), "--quiet"])
     assert result.exit_code == 1
     assert "FAILED" in result.stdout and "8-d" in result.stdout
+
+
+def test_cache_info_and_clear_keep_state(cli_env: Path, tmp_path: Path) -> None:
+    library = _library(tmp_path / "lib")
+    runner = CliRunner()
+    assert runner.invoke(main, ["ingest", str(library), "--quiet"]).exit_code == 0
+
+    info = runner.invoke(main, ["cache", "info", "--json"])
+    assert info.exit_code == 0, info.output
+    kinds = json.loads(info.stdout)["cache"]["kinds"]
+    assert kinds["embeddings"]["entries"] == 3 and kinds["previews"]["entries"] >= 3
+
+    cleared = runner.invoke(main, ["cache", "clear", "--embeddings", "--yes"])
+    assert cleared.exit_code == 0, cleared.output
+    assert "embeddings 3 entries" in cleared.stdout
+    again = runner.invoke(main, ["ingest", str(library), "--json", "--quiet"])
+    summary = json.loads(again.stdout)
+    # state kept: nothing decoded again; the cleared embeddings are recomputed; points unchanged
+    assert (summary["decoded"], summary["embedded"]) == (0, 3)
+    assert summary["points_in_collection"] == 3

@@ -96,8 +96,11 @@ def test_a_newer_version_is_refused_with_a_clear_error_and_left_untouched(tmp_pa
     with pytest.raises(SchemaTooNewError, match=r"schema version 2.*knows versions up to 1"):
         StateDB(path, migrations=[("things", _m1)])
     assert path.read_bytes() == before
+    newer = tmp_path / "newer.sqlite3"
+    steps = [(f"step{i}", lambda db: None) for i in range(SCHEMA_VERSION + 1)]
+    StateDB(newer, migrations=steps).close()
     with pytest.raises(SchemaTooNewError, match="newer vibe_assets"):
-        StateDB(path)  # the real schema is at version 1 too
+        StateDB(newer)  # the real schema is one version behind it
 
 
 def test_a_database_that_is_not_ours_is_refused(tmp_path: Path) -> None:

@@ -7,7 +7,12 @@ from typing import Any
 import dagster as dg
 
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
-from vibe_assets.report import add_partition_metadata, failure_metadata, run_metadata
+from vibe_assets.report import (
+    PER_FOLDER_LOG_MAX,
+    add_partition_metadata,
+    failure_metadata,
+    run_metadata,
+)
 from vibe_assets.resources.store import StoreResource
 from vibe_assets.runs import raise_if_cancelled
 from vibe_assets.scan import ScanResult, scan_folder
@@ -49,7 +54,8 @@ def photo_files(context: dg.AssetExecutionContext, store: StoreResource) -> dg.M
     start = time.perf_counter()
     per_partition: dict[str, dict[str, Any]] = {}
     totals = {"files": 0, "failed": 0, "folders_removed": 0}
-    for key in context.partition_keys:
+    keys = list(context.partition_keys)  # computed per access: read once
+    for key in keys:
         raise_if_cancelled()
         t0 = time.perf_counter()
         folder = store.registry.require(key)
@@ -63,13 +69,14 @@ def photo_files(context: dg.AssetExecutionContext, store: StoreResource) -> dg.M
             if folder.vanished:
                 store.registry.clear_vanished(key)
                 context.log.info(f"{key}: folder {root} exists again")
-            context.log.info(f"{key}: {len(scan.files)} image files in {root}")
+            if len(keys) <= PER_FOLDER_LOG_MAX or scan.failures:
+                context.log.info(f"{key}: {len(scan.files)} image files in {root}")
         per_partition[key] = scan_metadata(root, scan, time.perf_counter() - t0)
         totals["files"] += len(scan.files)
         totals["failed"] += len(scan.failures)
         totals["folders_removed"] += scan.removed
     add_partition_metadata(context, per_partition)
-    metadata = run_metadata(context.partition_keys, totals)
+    metadata = run_metadata(keys, totals)
     if metadata:
         metadata["run_scan_seconds"] = round(time.perf_counter() - start, 3)
     return dg.MaterializeResult(metadata=metadata)

@@ -72,7 +72,8 @@ def photo_hashes(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
     start = time.perf_counter()
     per_partition: dict[str, dict[str, Any]] = {}
     counts: dict[str, dict[str, int]] = {}
-    for key in context.partition_keys:
+    keys = list(context.partition_keys)  # computed per access: read once
+    for key in keys:
         t0 = time.perf_counter()
         scan = require_scan(store, key)
         previous = (store.folder_hashes(key) or {}).get("files", {})
@@ -123,7 +124,7 @@ def photo_hashes(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
             f"{len(failures)} failed"
         )
     add_partition_metadata(context, per_partition)
-    metadata = run_totals(context.partition_keys, counts)
+    metadata = run_totals(keys, counts)
     if metadata:
         metadata["run_hashed_size"] = human_size(metadata["run_bytes_hashed"])
         metadata["run_hash_seconds"] = round(time.perf_counter() - start, 3)

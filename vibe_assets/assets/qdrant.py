@@ -2,28 +2,44 @@
 
 import os
 import time
+import zlib
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import numpy as np
 
+from vibe_assets import state as state_db
 from vibe_assets.assets.captions import blip_captions
 from vibe_assets.assets.previews import require_hashes
 from vibe_assets.collections import CollectionSpec
 from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
 from vibe_assets.point_source import PointSource, exif_payload, store_rebuilder
-from vibe_assets.points import sync_folder
-from vibe_assets.report import MAX_TABLE_ROWS, add_partition_metadata, run_totals
+from vibe_assets.points import (
+    collection_is_consistent,
+    reconcile_collection,
+    sample_ids,
+    sync_folder,
+)
+from vibe_assets.report import (
+    MAX_TABLE_ROWS,
+    PER_FOLDER_LOG_MAX,
+    add_partition_metadata,
+    run_totals,
+)
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.clip import ClipResource
 from vibe_assets.resources.store import StoreResource
 from vibe_assets.resources.vectors import VectorStoreResource
 from vibe_assets.runs import raise_if_cancelled
 from vibe_assets.settings import env_int
+from vibe_assets.state import StateDB
 from vibe_assets.vectors.base import (
     READ_BATCH,
     CollectionMismatchError,
+    PointNotFoundError,
     QdrantBusyError,
     QdrantRequestError,
     VectorStore,
@@ -68,21 +84,63 @@ CHECK_SIZE = "vector_size_matches_model"
 NORM_TOLERANCE = 1e-3  # float32 L2 norm of a normalised vector is 1 within ~1e-6; be generous
 
 
+CHECK_SAMPLE = 64
+"""Points of the run's folders, beyond those the run wrote, read back by the checks."""
+CHECK_VECTOR_SAMPLE = 256
+"""Points the run wrote whose vectors the checks read back (all written ids are checked)."""
+
+
+@dataclass
+class CheckFindings:
+    """What the checks found: SHA-256s ``missing`` (an embedded image of the run's folders with
+    no point: none recorded by the syncs, or not found when read back), ``bad`` (a point read
+    back whose vector is not a finite, unit-norm (D,) vector), and how many ids and vectors
+    were read back (``ids_checked``, ``vectors_checked``)."""
+
+    missing: list[str]
+    bad: list[str]
+    ids_checked: int
+    vectors_checked: int
+
+
 def _check_points(
-    vectors: VectorStore, collection: str, expected: dict[str, str], dim: int
-) -> tuple[list[str], list[str]]:
-    """SHA-256s of the points missing among ``expected`` ``{point id: sha256}``, and of the
-    stored points whose vectors are not finite, unit-norm ``dim``-d vectors."""
-    missing: list[str] = []
+    vectors: VectorStore,
+    state: StateDB,
+    collection: str,
+    expected: dict[str, str],
+    written: Sequence[str],
+    dim: int,
+    seed: int,
+) -> CheckFindings:
+    """Check this run's work without downloading every vector: every expected image
+    (``{point id: sha256}``) has a point recorded by the syncs (state, no request); the points
+    the run wrote (``written`` ids) all exist; the vectors of up to :data:`CHECK_VECTOR_SAMPLE`
+    of them and of :data:`CHECK_SAMPLE` other expected points are finite and unit-norm."""
+    recorded = state_db.synced_points(state, collection, expected.values())
+    missing = sorted({sha for sha in expected.values() if sha not in recorded})
     bad: list[str] = []
-    ids = list(expected)
-    for i in range(0, len(ids), READ_BATCH):
-        chunk = ids[i : i + READ_BATCH]
-        records = vectors.retrieve(collection, chunk, with_payload=False, with_vectors=True)
-        found = {r.id: r.vector for r in records}
-        missing.extend(expected[pid] for pid in chunk if pid not in found)
-        bad.extend(expected[pid] for pid, v in found.items() if not _is_unit_vector(v, dim))
-    return missing, bad
+    sha_of = {**expected, **{pid: "" for pid in written if pid not in expected}}
+    written_set = set(written)
+    with_vector = set(sample_ids(written_set, CHECK_VECTOR_SAMPLE, seed))
+    with_vector |= set(sample_ids(set(expected) - written_set, CHECK_SAMPLE, seed))
+    batches = ((sorted(written_set - with_vector), False), (sorted(with_vector), True))
+    for ids, vectors_too in batches:
+        for i in range(0, len(ids), READ_BATCH):
+            chunk = ids[i : i + READ_BATCH]
+            found = {
+                r.id: r.vector
+                for r in vectors.retrieve(
+                    collection, chunk, with_payload=False, with_vectors=vectors_too
+                )
+            }
+            missing.extend(sha_of[pid] or pid for pid in chunk if pid not in found)
+            if vectors_too:
+                bad.extend(
+                    sha_of[pid] or pid for pid, v in found.items() if not _is_unit_vector(v, dim)
+                )
+    return CheckFindings(
+        sorted(set(missing)), sorted(set(bad)), len(written_set | with_vector), len(with_vector)
+    )
 
 
 BY_FOLDER_SCHEMA = dg.TableSchema(
@@ -204,6 +262,7 @@ def build_qdrant_asset(
         qdrant: VectorStoreResource,
     ) -> dg.MaterializeResult:
         start = time.perf_counter()
+        keys = list(context.partition_keys)  # computed per access: read once
         rebuild = store_rebuilder(store, clip, migrate_specs, blip)  # used only to migrate
         clip = clip.for_model(spec.model, spec.weights)
         model_id = clip.model_id
@@ -214,28 +273,41 @@ def build_qdrant_asset(
         per_partition: dict[str, dict[str, Any]] = {}
         expected_by_folder: dict[str, set[str]] = {}
         expected: dict[str, str] = {}  # point id -> sha of every image that should have a point
+        written: list[str] = []  # ids of the points this run upserted or updated
+        reconciled = 0
         attempt = f"attempt {context.retry_number + 1} of {policy.max_retries + 1}"
+        state = store.state
         try:
             with qdrant.open(rebuild=rebuild, log=context.log.info) as vectors:
                 if vectors.ensure_collection(collection, dim, spec.vector_distance):
                     made = f"({dim}-d, {spec.distance})"
                     context.log.info(f"created collection {collection!r} {made}")
-                for folder_key in context.partition_keys:
+                if not collection_is_consistent(vectors, state, collection):
+                    reconcile_collection(vectors, state, collection, context.log.warning)
+                    reconciled += 1
+                for folder_key in keys:
                     raise_if_cancelled()  # every write is idempotent: the next run finishes
                     t0 = time.perf_counter()
                     hashes = require_hashes(store, folder_key)
                     current = source.current(hashes)
-                    counts = sync_folder(
-                        vectors,
-                        collection,
-                        folder_key,
-                        hashes["root"],
-                        current,
-                        source.point_builder(folder_key),
-                        source.caption_for,
-                    )
-                    context.log.info(f"{folder_key}: {dict(counts)}")
-                    embedded = {sha for sha in current if store.has_embedding(model_id, sha)}
+                    args = (collection, folder_key, current, source.point_builder(folder_key))
+                    try:
+                        result = sync_folder(vectors, state, *args, source.caption_for)
+                    except PointNotFoundError:  # a recorded point is gone: re-learn, once
+                        reconcile_collection(vectors, state, collection, context.log.warning)
+                        reconciled += 1
+                        result = sync_folder(vectors, state, *args, source.caption_for)
+                    counts = result.counts
+                    written += result.upserted + result.updated
+                    if len(keys) <= PER_FOLDER_LOG_MAX or counts["deleted"]:
+                        context.log.info(f"{folder_key}: {dict(counts)}")
+                    # every decoded image should have a point, but those still without an
+                    # embedding (skipped: the next run adds them)
+                    embedded = result.has_point | {
+                        sha
+                        for sha in current
+                        if sha not in result.has_point and store.has_embedding(model_id, sha)
+                    }
                     expected.update((point_id(sha), sha) for sha in embedded)
                     expected_by_folder[folder_key] = embedded
                     counts_by_folder[folder_key] = {
@@ -246,10 +318,16 @@ def build_qdrant_asset(
                         "folder_removed": bool(hashes.get("removed")),
                         "sync_seconds": round(time.perf_counter() - t0, 3),
                     }
+                totals = Counter()
+                for folder_counts in counts_by_folder.values():
+                    totals.update(folder_counts)
+                context.log.info(f"synced {len(keys)} folders into {collection!r}: {dict(totals)}")
                 points = vectors.count(collection)
+                recorded_points = state_db.synced_point_count(state, collection)
                 info = vectors.collection_info(collection)
                 size = info.vector_size if info is not None else None
-                missing, bad_vectors = _check_points(vectors, collection, expected, dim)
+                seed = zlib.crc32(context.run.run_id.encode())
+                findings = _check_points(vectors, state, collection, expected, written, dim, seed)
         except QdrantBusyError as exc:
             context.log.warning(f"{exc}; retrying in {BUSY_RETRY_SECONDS} s")
             raise dg.RetryRequested(
@@ -260,15 +338,20 @@ def build_qdrant_asset(
         except Exception as exc:
             context.log.warning(f"{collection}: {exc} ({attempt})")
             raise
+        missing, bad_vectors = findings.missing, findings.bad
         by_folder = by_folder_table(expected_by_folder, missing, bad_vectors)
         checks = [
             dg.AssetCheckResult(
                 check_name=CHECK_POINTS,
-                passed=not missing,
+                passed=not missing and points == recorded_points,
                 metadata={
                     "expected": len(expected),
                     "missing": len(missing),
                     "sample": missing[:10],
+                    "points_written": len(written),
+                    "ids_read_back": findings.ids_checked,
+                    "points_in_collection": points,
+                    "points_recorded": recorded_points,
                     "by_folder": by_folder,
                 },
             ),
@@ -276,7 +359,7 @@ def build_qdrant_asset(
                 check_name=CHECK_VECTORS,
                 passed=not bad_vectors,
                 metadata={
-                    "checked": len(expected) - len(missing),
+                    "checked": findings.vectors_checked,
                     "bad": len(bad_vectors),
                     "sample": bad_vectors[:10],
                     "by_folder": by_folder,
@@ -289,7 +372,7 @@ def build_qdrant_asset(
             ),
         ]
         add_partition_metadata(context, per_partition)
-        run_md = run_totals(context.partition_keys, counts_by_folder)
+        run_md = run_totals(keys, counts_by_folder)
         if run_md:
             run_md["run_sync_seconds"] = round(time.perf_counter() - start, 3)
         return dg.MaterializeResult(
@@ -300,6 +383,7 @@ def build_qdrant_asset(
                 "vector_size": dim,
                 "embed_model": model_id,
                 "points_in_collection": points,
+                "reconciled": reconciled,
                 **run_md,
             },
         )

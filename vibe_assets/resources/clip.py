@@ -132,6 +132,26 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _bundled_embed_dim(model_name: str) -> int | None:
+    """``embed_dim`` of ``model_name`` from open_clip's bundled ``model_configs/<name>.json``,
+    read without importing open_clip; None when there is no such file (or it is unreadable)."""
+    import importlib.util
+    import json as _json
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "model_configs" / f"{model_name}.json"
+        if path.name != f"{model_name}.json" or not path.is_file():
+            continue  # a name with a path separator is not a bundled config
+        try:
+            return int(_json.loads(path.read_text())["embed_dim"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
 class ClipResource(dg.ConfigurableResource):
     """open_clip model for image and text embeddings.
 
@@ -210,9 +230,17 @@ class ClipResource(dg.ConfigurableResource):
     def embedding_dim(self) -> int:
         """Embedding size D of the architecture, from its open_clip config (no weights loaded).
 
+        open_clip's bundled configs are read as JSON files without importing open_clip (which
+        imports torch: ~3 s and ~400 MB that a Qdrant step or a search would otherwise pay just
+        for this number); architectures registered at run time
+        (``open_clip.add_model_config``) are looked up through open_clip.
+
         Raises:
             ClipWeightsError: unknown architecture name.
         """
+        bundled = _bundled_embed_dim(self.model_name)
+        if bundled is not None:
+            return bundled
         import open_clip
 
         cfg = open_clip.get_model_config(self.model_name)
