@@ -539,6 +539,39 @@ def test_sensor_state_is_sqlite_and_json_never_unpickled(tmp_path: Path) -> None
     }
 
 
+def _looks_pickled(data: bytes) -> bool:
+    """Pickle protocol 2-5 data: PROTO opcode (0x80, version) first, STOP (``.``) last."""
+    return len(data) >= 3 and data[0] == 0x80 and data[1] in (2, 3, 4, 5) and data[-1:] == b"."
+
+
+def test_nothing_under_vibe_home_is_a_pickle(env: Env, tmp_path: Path) -> None:
+    """After an ingest with captions: no file under VIBE_HOME, no diskcache value and no SQLite
+    value of the state database is a pickle (the embedded vector store is qdrant-edge's own
+    format)."""
+    key = env.add_folder(library(tmp_path / "lib", 4))
+    assert env.materialize(key, captions=True).success
+    env.store.close()
+    files = [p for p in env.home.rglob("*") if p.is_file()]
+    assert any(p.parts[-3:-1] == ("vectors", "photos") or "vectors" in p.parts for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert not _looks_pickled(data), path
+        if data.startswith(b"SQLite format 3"):
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                tables = [
+                    r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                ]
+                for table in tables:
+                    for row in db.execute(f'SELECT * FROM "{table}"'):
+                        for value in row:
+                            if isinstance(value, bytes):
+                                assert not _looks_pickled(value), (path, table)
+                if "Cache" in tables:  # diskcache: mode 4 is MODE_PICKLE
+                    assert db.execute("SELECT COUNT(*) FROM Cache WHERE mode = 4").fetchone() == (
+                        0,
+                    )
+
+
 def test_no_module_unpickles() -> None:
     package = Path(__file__).resolve().parents[1] / "vibe_assets"
     for source in package.rglob("*.py"):
