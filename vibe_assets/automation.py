@@ -29,6 +29,7 @@ from vibe_assets.imaging.formats import IMAGE_EXTENSIONS
 from vibe_assets.partitions import PARTITIONS_NAME, photo_folder_partitions
 from vibe_assets.resources.blip import BlipResource
 from vibe_assets.resources.store import StoreResource
+from vibe_assets.scan import ARCHIVE_DIR_NAMES
 from vibe_assets.settings import CAPTIONS_TAG, PHOTO_ROOTS_ENV, check_photo_roots
 from vibe_assets.state import StateDB
 
@@ -175,7 +176,9 @@ def _walk(root: str, after: tuple[str, ...] | None, stats: Counter[str]) -> Iter
     """Pre-order walk of ``root`` with sorted children, so the order is the order of the
     relative component tuples; folders up to and including ``after`` are skipped (their
     subtrees are never listed, only the ancestors of ``after``). Hidden entries and symlinks
-    (to folders or files) are skipped: nothing outside ``root`` is ever listed."""
+    (to folders or files) are skipped: nothing outside ``root`` is ever listed. Archive folders
+    (:data:`~vibe_assets.scan.ARCHIVE_DIR_NAMES`, at any depth) are never entered, so nothing
+    archived is registered again (counted in ``stats["archives_skipped"]``)."""
     stack: list[tuple[str, ...]] = [()]
     while stack:
         rel = stack.pop()
@@ -197,7 +200,10 @@ def _walk(root: str, after: tuple[str, ...] | None, stats: Counter[str]) -> Iter
                 if entry.is_symlink():
                     stats["symlinks_skipped"] += 1
                 elif entry.is_dir(follow_symlinks=False):
-                    dirs.append(entry.name)
+                    if entry.name in ARCHIVE_DIR_NAMES:
+                        stats["archives_skipped"] += 1
+                    else:
+                        dirs.append(entry.name)
                 elif entry.is_file(follow_symlinks=False):
                     files.append(entry)
             except OSError:
@@ -453,8 +459,9 @@ def _evaluate_new_photo_folders(
         f" ({stats['photo_folders']} photo folders) in {time.monotonic() - started:.2f}s;"
         f" new {stats['new']}, changed {stats['changed']}, vanished {stats['vanished']},"
         f" re-requested {reasons['unconfirmed']}, symlinks skipped {stats['symlinks_skipped']},"
-        f" unreadable {stats['unreadable']}, not registered"
-        f" {stats['not_registered'] + stats['outside_root']}"
+        f" archive folders skipped {stats['archives_skipped']},"
+        f" unreadable {stats['unreadable']},"
+        f" not registered {stats['not_registered'] + stats['outside_root']}"
     )
     if not roots:
         summary = f"no photo roots to walk ({PHOTO_ROOTS_ENV} is unset or lists none that exist)"
@@ -550,7 +557,8 @@ def build_new_photo_folders_sensor(
 
     Each tick lists folders of the roots in a fixed order (``os.scandir``, sorted names,
     pre-order; hidden entries and symlinks skipped, so nothing outside a root is ever listed, and
-    a new folder is registered only when its resolved path is inside its root). A *photo folder*
+    a new folder is registered only when its resolved path is inside its root; archive folders,
+    ``_VibeDuplicates`` and ``_VibeArchive`` at any depth, are never entered). A *photo folder*
     directly holds a file whose extension is in ``IMAGE_EXTENSIONS`` (names only, no file read).
     Its fingerprint is a 16-byte hash of its direct files' names, sizes and mtime_ns.
 

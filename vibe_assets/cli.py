@@ -83,14 +83,15 @@ def ingest(paths: tuple[str, ...], captions: bool | None, as_json: bool, quiet: 
         raise click.BadParameter(str(exc)) from exc
     registered = [_register(path) for path in paths]
     from vibe_assets.assets import blip_captions
-    from vibe_assets.definitions import build_definitions, ingest_job
+    from vibe_assets.collections import load_collections
+    from vibe_assets.definitions import build_assets, ingest_job
     from vibe_assets.runs import force_cancel_run, mark_canceling, run_interruptibly
     from vibe_assets.settings import CAPTIONS_TAG
     from vibe_assets.summary import format_summary, ingest_summary
 
     selection = None
     if not with_captions:  # BLIP is then never loaded
-        keys = build_definitions().resolve_asset_graph().get_all_asset_keys()
+        keys = {key for asset in build_assets(load_collections()) for key in asset.keys}
         selection = sorted(keys - {blip_captions.key}, key=lambda k: k.to_user_string())
     level = "WARNING" if quiet else "INFO"
     recon = dg.reconstructable(ingest_job)
@@ -217,49 +218,295 @@ def _collection(name: str | None) -> Any:
     _fail(f"no configured collection {name!r}; configured: {[s.name for s in specs]}")
 
 
-@main.command()
-@click.argument("text")
-@click.option("--limit", default=10, show_default=True, help="Number of hits.")
+class _QueryCommand(click.Command):
+    """A command whose QUERY may start with "-" (``search "- people"``): an argument that
+    starts with "-" and holds whitespace (no option name does), and is no option's value, is
+    moved behind a "--" so click takes it as QUERY, not as an unknown option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" not in args:
+            takes_value = {
+                name
+                for param in self.params
+                if isinstance(param, click.Option) and not param.is_flag
+                for name in param.opts
+            }
+            queries: list[str] = []
+            rest: list[str] = []
+            for arg in args:
+                after_option = bool(rest) and rest[-1] in takes_value
+                if arg.startswith("-") and any(c.isspace() for c in arg) and not after_option:
+                    queries.append(arg)
+                else:
+                    rest.append(arg)
+            if queries:
+                args = [*rest, "--", *queries]
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=_QueryCommand)
+@click.argument("query", required=False)
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Find images like this photo (repeatable; added to QUERY's terms with weight 1). One "
+    "already in the collection uses its stored vector; another is decoded like ingest does "
+    "and embedded with the collection's model.",
+)
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(min=1), help="Hits.")
 @click.option("--collection", default=None, help="Collection (default: the first configured).")
+@click.option(
+    "--folder",
+    "folders_",
+    multiple=True,
+    metavar="KEY_OR_PATH",
+    help="Only images of this registered folder (partition key or path; a path also covers "
+    "the registered folders below it). Repeatable: any of them.",
+)
+@click.option(
+    "--after",
+    default=None,
+    metavar="DATE",
+    help="Only photos taken on or after DATE (EXIF taken_at; ISO 8601: 2024-05-01 or "
+    "2024-05-01T18:00; no zone: UTC). Photos without a capture time are left out.",
+)
+@click.option(
+    "--before", default=None, metavar="DATE", help="Only photos taken before DATE (exclusive)."
+)
+@click.option(
+    "--camera",
+    "cameras",
+    multiple=True,
+    metavar="MODEL",
+    help="Only photos from this camera model (the exact EXIF Model text, e.g. 'Canon EOS R5'). "
+    "Repeatable: any of them.",
+)
+@click.option(
+    "--min-score",
+    type=float,
+    default=None,
+    help="Drop hits scoring below this (cosine, -1..1); fewer than --limit may remain.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
-def search(text: str, limit: int, collection: str | None, as_json: bool) -> None:
-    """Print the images that best match TEXT: score, path and caption.
+def search(
+    query: str | None,
+    images: tuple[Path, ...],
+    limit: int,
+    collection: str | None,
+    folders_: tuple[str, ...],
+    after: str | None,
+    before: str | None,
+    cameras: tuple[str, ...],
+    min_score: float | None,
+    as_json: bool,
+) -> None:
+    """Print the images that best match QUERY and/or --image: score, path and caption.
 
-    The text is encoded before the store is opened, so a run writing the embedded store is
-    held up for the query only; while a run holds it, the search waits (a line every 5 s)."""
-    from vibe_assets.definitions import default_resources
+    QUERY composes texts: terms are separated by "+" (add) and "-" (subtract; only at the start
+    or after a space, so "t-shirt" is one word), and "W:" weighs a term: "beach + sunset -
+    people", "2:dog + grass", "- people" (a QUERY that starts with "-" needs a space in it, or
+    a "--" before it: `search -- -people`). The query vector is normalize(sum of w * e) over the
+    terms' unit embeddings e, subtracted terms with negative w (see vibe_assets.query).
 
+    Filters (--folder, --after/--before, --camera) restrict the candidates in the vector store,
+    so --limit hits still come back when enough images match. JSON rows: score, path, paths,
+    sha256, caption, and taken_at and camera when the photo has them.
+
+    A text search loads only the CLIP text tower, exported once per model to ONNX under
+    $VIBE_HOME/models/text (the first search pays the export); VIBE_TEXT_ENCODER=torch uses the
+    full model. Texts and images are embedded before the store is opened for the query, so a
+    run writing the embedded store is held up for the query only; while a run holds it, the
+    search waits (a line every 5 s). Exits 2 on a usage error (bad query, date, folder, image).
+    """
+    from vibe_assets.query import (
+        QueryError,
+        QueryTerm,
+        check_time_range,
+        describe_terms,
+        parse_query,
+        parse_time_bound,
+        passes_min_score,
+        result_row,
+    )
+    from vibe_assets.vectors.base import PointFilter
+
+    try:
+        terms = parse_query(query) if query is not None else []
+        taken_after = parse_time_bound(after, "--after") if after else None
+        taken_before = parse_time_bound(before, "--before") if before else None
+        check_time_range(taken_after, taken_before)
+    except QueryError as exc:
+        _fail(str(exc))
+    if not terms and not images:
+        _fail("give a QUERY, an --image PATH, or both")
     spec = _collection(collection)
-    collection = spec.name
-    resources = default_resources()
-    clip = resources["clip"].for_model(spec.model, spec.weights)
+    if min_score is not None and spec.distance not in ("cosine", "dot"):
+        _fail(f"--min-score needs a cosine or dot collection; {spec.name!r} uses {spec.distance}")
+    image_terms = _image_terms(images)
+    terms = [*(term for term, _ in image_terms), *terms]
+    resources, clip = _search_resources(spec)
+    flt = PointFilter.where(
+        folder_keys=_search_folder_keys(resources["store"], folders_) or None,
+        taken_after=taken_after,
+        taken_before=taken_before,
+        camera_models=cameras or None,
+    )
+    embedded: dict[QueryTerm, Any] = {}
+    hits = None
     with _vector_errors(), _open_vectors(resources) as vectors:
-        if not vectors.collection_exists(collection):
-            _fail(f"collection {collection!r} does not exist yet: run `vibe-assets ingest PATH`")
-    vector = clip.encode_texts([text])[0]
-    with _vector_errors(), _open_vectors(resources) as vectors:
-        hits = vectors.query(collection, vector, limit=limit)
-    rows = [
-        {
-            "score": round(h.score, 4),
-            "path": h.payload.get("paths", ["?"])[0],
-            "paths": h.payload.get("paths", []),
-            "sha256": h.payload.get("sha256"),
-            "caption": h.payload.get("caption"),
-        }
-        for h in hits
-    ]
+        if not vectors.collection_exists(spec.name):
+            _fail(f"collection {spec.name!r} does not exist yet: run `vibe-assets ingest PATH`")
+        embedded.update(_stored_image_vectors(vectors, spec.name, image_terms))
+        if all(term in embedded for term in terms):  # images of the collection only: no model
+            hits = vectors.query(spec.name, _combine(terms, embedded), limit, flt)
+    if hits is None:
+        embedded.update(_embed_missing(terms, embedded, image_terms, resources, clip))
+        vector = _combine(terms, embedded)
+        with _vector_errors(), _open_vectors(resources) as vectors:
+            hits = vectors.query(spec.name, vector, limit, flt)
+    rows = [result_row(h.score, h.payload) for h in hits if passes_min_score(h.score, min_score)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if clip.is_random:
         click.echo("warning: CLIP uses RANDOM WEIGHTS: scores are meaningless", err=True)
+    if len(terms) > 1 or any(t.weight != 1.0 for t in terms):
+        click.echo(f"query: {describe_terms(terms)}", err=True)
     for row in rows:
         more = f"  (+{len(row['paths']) - 1} copies)" if len(row["paths"]) > 1 else ""
         caption = f'  "{row["caption"]}"' if row["caption"] else ""
         click.echo(f"{row['score']:.4f}  {row['path']}{more}{caption}")
     if not rows:
         click.echo("no hits")
+
+
+def _combine(terms: list[Any], embedded: dict[Any, Any]) -> Any:
+    """The query vector ((D,) float32, L2-normalised: :func:`vibe_assets.query.combine_terms`),
+    or a usage error (exit 2) when the terms cancel out."""
+    from vibe_assets.query import QueryError, combine_terms
+
+    try:
+        return combine_terms(terms, embedded)
+    except QueryError as exc:
+        _fail(str(exc))
+
+
+def _search_resources(spec: Any) -> tuple[dict[str, Any], Any]:
+    """``default_resources()`` and the collection's CLIP model, which remembers checkpoint
+    digests under ``$VIBE_HOME/models`` (naming a checkpoint model then costs no re-hash)."""
+    from vibe_assets.definitions import default_resources
+    from vibe_assets.resources.clip import ClipResource
+    from vibe_assets.settings import vibe_home
+    from vibe_assets.text_encoder import digest_cache_file
+
+    resources = default_resources()
+    base = resources["clip"]
+    clip = ClipResource(
+        model_name=spec.model,
+        weights=spec.weights,
+        batch_size=base.batch_size,
+        device=base.device,
+        digest_cache=str(digest_cache_file(vibe_home())),
+    )
+    return resources, clip
+
+
+def _image_terms(images: tuple[Path, ...]) -> list[tuple[Any, str]]:
+    """``[(QueryTerm(path, 1.0, "image"), sha256)]`` of the --image files (usage error exit 2
+    when one cannot be read)."""
+    from vibe_assets.hashing import sha256_file
+    from vibe_assets.imaging.errors import PhotoError
+    from vibe_assets.query import QueryTerm
+
+    out = []
+    for path in images:
+        try:
+            out.append((QueryTerm(str(path), 1.0, "image"), sha256_file(str(path))))
+        except PhotoError as exc:
+            _fail(f"--image {path}: {exc}")
+    return out
+
+
+def _stored_image_vectors(
+    vectors: Any, collection: str, image_terms: list[tuple[Any, str]]
+) -> dict[Any, Any]:
+    """Vectors of the --image files that are points of ``collection`` (by SHA-256: a copy or a
+    renamed file counts), read from the store: no decoding, no model."""
+    from vibe_assets.vectors.base import point_id
+
+    if not image_terms:
+        return {}
+    ids = {point_id(sha): term for term, sha in image_terms}
+    found = vectors.retrieve(collection, list(ids), with_payload=False, with_vectors=True)
+    return {ids[p.id]: p.vector for p in found if p.vector is not None}
+
+
+def _embed_missing(
+    terms: list[Any],
+    embedded: dict[Any, Any],
+    image_terms: list[tuple[Any, str]],
+    resources: dict[str, Any],
+    clip: Any,
+) -> dict[Any, Any]:
+    """Embeddings of the terms the collection did not hold: an image from the embedding cache
+    (same model, by SHA-256) or decoded and embedded by the full model; texts by the cheapest
+    text encoder (the ONNX text tower; the full model when it is loaded anyway for an image)."""
+    from vibe_assets.imaging.errors import PhotoError
+    from vibe_assets.resources.clip import ClipWeightsError
+    from vibe_assets.settings import vibe_home
+    from vibe_assets.text_encoder import TorchTextEncoder, open_text_encoder
+
+    out: dict[Any, Any] = {}
+    try:
+        for term, sha in image_terms:
+            if term in embedded:
+                continue
+            cached = resources["store"].get_embedding(clip.model_id, sha)
+            out[term] = cached if cached is not None else clip.encode_photo(term.text)
+        texts = sorted({t.text for t in terms if t.kind == "text" and t not in embedded})
+        if texts:
+            encoder = (
+                TorchTextEncoder(clip)
+                if clip.loaded
+                else open_text_encoder(clip, vibe_home(), _say)
+            )
+            try:
+                by_text = dict(zip(texts, encoder.encode(texts), strict=True))
+            finally:
+                encoder.close()  # before the store opens: the peak memory is one of them
+            out.update((t, by_text[t.text]) for t in terms if t.kind == "text")
+    except PhotoError as exc:
+        _fail(f"--image: {exc}")
+    except (ClipWeightsError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    return out
+
+
+def _search_folder_keys(store: Any, values: tuple[str, ...]) -> list[str]:
+    """Partition keys for --folder values: a registered key, or a path: the folder registered
+    there and every registered folder below it (usage error exit 2 when nothing matches)."""
+    from vibe_assets.partitions import is_valid_key, is_within
+
+    keys: list[str] = []
+    registry = store.registry
+    registered = registry.list() if values else []
+    for value in values:
+        found = registry.get(value) if is_valid_key(value) else None
+        if found is not None:
+            matched = [found.key]
+        else:
+            try:
+                root = Path(value).expanduser().resolve()
+            except (OSError, RuntimeError):
+                root = None
+            matched = [f.key for f in registered if root is not None and is_within(f.path, root)]
+        if not matched:
+            _fail(f"--folder {value!r} is no registered folder (see `vibe-assets folders list`)")
+        keys.extend(k for k in matched if k not in keys)
+    return keys
 
 
 @main.group()
@@ -331,7 +578,7 @@ def folders_remove(key_or_path: str) -> None:
 
 @main.group()
 def collections() -> None:
-    """List and delete vector collections."""
+    """List, delete, snapshot and restore vector collections."""
 
 
 @collections.command("list")
@@ -516,6 +763,29 @@ def runs_cleanup(dry_run: bool) -> None:
     elif not cleaned:
         click.echo("no dead runs on this host")
 
+
+def _register_commands() -> None:
+    """Commands defined in their own modules: duplicates (report, archive, undo), curate and
+    the snapshot commands under ``collections``."""
+    from vibe_assets.cli_curate import (
+        collections_restore,
+        collections_snapshot,
+        collections_snapshots,
+        curate,
+        duplicates_archive,
+        undo_command,
+    )
+    from vibe_assets.cli_duplicates import duplicates
+
+    duplicates.add_command(duplicates_archive)
+    duplicates.add_command(undo_command)
+    main.add_command(duplicates)
+    main.add_command(curate)
+    for command in (collections_snapshot, collections_snapshots, collections_restore):
+        collections.add_command(command)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     main()

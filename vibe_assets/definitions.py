@@ -18,6 +18,13 @@ from vibe_assets.assets import (
     photo_files,
     photo_hashes,
 )
+from vibe_assets.assets.duplicates import (
+    DEFAULT_DUPLICATES_CRON,
+    DUPLICATES_CRON_ENV,
+    DUPLICATES_JOB,
+    build_duplicates_asset,
+    build_duplicates_schedule,
+)
 from vibe_assets.automation import build_new_photo_folders_sensor, build_recaption_schedule
 from vibe_assets.collections import CollectionSpec, load_collections
 from vibe_assets.executor import vibe_in_process_executor
@@ -125,8 +132,15 @@ def build_definitions(
     collections: list[CollectionSpec] | None = None, resources: dict[str, Any] | None = None
 ) -> dg.Definitions:
     """Definitions for ``collections`` (default :func:`load_collections`) with ``resources``
-    (default :func:`default_resources`)."""
-    assets = build_assets(collections or load_collections())
+    (default :func:`default_resources`).
+
+    The unpartitioned ``duplicate_groups`` assets (one per collection) stay out of
+    ``ingest_job`` and ``caption_job``, whose assets all share the ``photo_folder`` partitions
+    and one backfill policy; ``duplicates_job`` (run by ``duplicates_schedule``) materializes
+    them."""
+    collections = collections or load_collections()
+    assets = build_assets(collections)
+    duplicate_assets = [build_duplicates_asset(c) for c in collections]
     qdrant_assets = [
         a for a in assets if all(k.to_user_string().startswith("qdrant_") for k in a.keys)
     ]
@@ -150,15 +164,24 @@ def build_definitions(
         cron=env_str("VIBE_RECAPTION_CRON", DEFAULT_RECAPTION_CRON),
         max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
     )
+    duplicates_job = dg.define_asset_job(
+        DUPLICATES_JOB,
+        selection=dg.AssetSelection.assets(*duplicate_assets),
+        executor_def=vibe_in_process_executor,
+        description="Recompute the duplicate groups (exact, near, similar) of every collection.",
+    )
+    duplicates_schedule = build_duplicates_schedule(
+        duplicates_job, cron=env_str(DUPLICATES_CRON_ENV, DEFAULT_DUPLICATES_CRON)
+    )
     new_folders_sensor = build_new_photo_folders_sensor(
         ingest_job,
         max_per_run=env_int("VIBE_MAX_PARTITIONS_PER_RUN", 32),
         max_folders_per_tick=env_int("VIBE_SENSOR_MAX_FOLDERS_PER_TICK", 2000),
     )
     return dg.Definitions(
-        assets=assets,
-        jobs=[ingest_job, caption_job],
-        schedules=[schedule],
+        assets=[*assets, *duplicate_assets],
+        jobs=[ingest_job, caption_job, duplicates_job],
+        schedules=[schedule, duplicates_schedule],
         sensors=[new_folders_sensor],
         resources=resources if resources is not None else default_resources(),
         # UI "Materialize" and backfills run __ASSET_JOB: one process per run, like the CLI.

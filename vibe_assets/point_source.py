@@ -2,8 +2,11 @@
 
 A point is one image: id = :func:`~vibe_assets.vectors.base.point_id` of its SHA-256, vector =
 its stored CLIP embedding for the collection's model ((D,) float32, L2-normalised), payload =
-sha256, paths, folder_keys, width/height/format from its preview record, embed_model, EXIF
-fields and, once captioned, caption/caption_model/captioned_at. The ``qdrant_<collection>``
+sha256, paths, folder_keys, width/height/format from its preview record, ``phash`` (the
+preview's 64-bit perceptual hash as 16 hex digits, :mod:`vibe_assets.imaging.phash`; absent for
+an image decoded before hashes were stored), embed_model, EXIF fields and, once captioned,
+caption/caption_model/captioned_at. Points written before ``phash`` existed are not rewritten
+for it. The ``qdrant_<collection>``
 asset syncs folders with it; the migration from the old local-mode store rebuilds whole
 collections with it (:func:`rebuild_collection`), so both produce the same points.
 """
@@ -15,12 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from vibe_assets.imaging.phash import stored_phashes
 from vibe_assets.points import MakePoint, sync_folders
 from vibe_assets.state import StateDB
 from vibe_assets.vectors.base import Distance, VectorPoint, VectorStore, point_id
 
 
 class _Store(Protocol):  # the parts of StoreResource used here
+    @property
+    def state(self) -> StateDB: ...
     def preview_info(self, sha256: str) -> dict[str, Any] | None: ...
     def get_embedding(self, model_id: str, sha256: str) -> Any: ...
     def get_caption(self, model_id: str, sha256: str) -> dict[str, str] | None: ...
@@ -74,6 +80,11 @@ class PointSource:
             "captioned_at": stored["captioned_at"],
         }
 
+    def phash_for(self, sha: str) -> dict[str, str]:
+        """``{"phash": 16 hex digits}`` of an image whose preview hash is stored, else ``{}``."""
+        value = stored_phashes(self.store.state, [sha]).get(sha)
+        return {"phash": value} if value else {}
+
     def current(self, hashes: dict[str, Any]) -> dict[str, list[str]]:
         """``{sha256: paths}`` of a folder's images that have a preview (decoded)."""
         return {
@@ -99,6 +110,7 @@ class PointSource:
                 "width": info["width"],
                 "height": info["height"],
                 "format": info["format"],
+                **self.phash_for(sha),
                 "embed_model": self.model_id,
                 "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 **exif_payload(info.get("exif") or {}),

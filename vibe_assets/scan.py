@@ -5,6 +5,12 @@ Hidden files and folders (name starting with ``.``) are skipped. Symbolic links 
 content (first bytes), not the extension; a file with an image extension whose content is not an
 image is still listed, so that it is reported with an error code instead of vanishing silently.
 A folder whose root no longer exists is *removed* (an empty listing, no failure), not a failed file.
+
+Archive folders (:data:`ARCHIVE_DIR_NAMES`: ``_VibeDuplicates``, where ``vibe-assets duplicates
+archive`` moves duplicates, and ``_VibeArchive``, where ``vibe-assets curate archive`` moves a
+selection; see :mod:`vibe_assets.moves`) are never scanned, at any depth: a subfolder with one of
+these names is skipped (counted in ``skipped_other``), and a folder that lies inside one lists
+nothing. What was archived therefore leaves the collections, and comes back only by an undo.
 """
 
 from __future__ import annotations
@@ -17,6 +23,19 @@ from typing import Any
 
 from vibe_assets.imaging.errors import PhotoError, error_from_os_error
 from vibe_assets.imaging.formats import is_candidate, read_head, sniff_format
+
+DUPLICATES_DIR = "_VibeDuplicates"
+"""Folder (under a registered folder) that ``duplicates archive`` moves duplicates into."""
+ARCHIVE_DIR = "_VibeArchive"
+"""Folder (under a registered folder) that ``curate archive`` moves a selection into."""
+ARCHIVE_DIR_NAMES: frozenset[str] = frozenset({DUPLICATES_DIR, ARCHIVE_DIR})
+"""Folder names that are never scanned, at any depth (exact, case-sensitive names)."""
+
+
+def is_archive_path(path: str | Path) -> bool:
+    """True when a component of ``path`` (taken as written: nothing is resolved) is an archive
+    folder name (:data:`ARCHIVE_DIR_NAMES`), i.e. the path is, or lies inside, an archive."""
+    return any(part in ARCHIVE_DIR_NAMES for part in Path(path).parts)
 
 
 @dataclass(frozen=True)
@@ -74,10 +93,16 @@ def scan_folder(root: str | Path, recursive: bool = True) -> ScanResult:
     so downstream assets remove its points and report nothing failed; a root that exists but
     cannot be read (e.g. ``EACCES``) is a failure on the root's path, not a removal.
 
+    Archive folders (:data:`ARCHIVE_DIR_NAMES`) are never entered (each counts in
+    ``skipped_other``); a ``root`` inside one lists nothing (``skipped_other`` = 1).
+
     Returns:
         ScanResult with files sorted by path.
     """
     result = ScanResult()
+    if is_archive_path(root):
+        result.skipped_other = 1
+        return result
     stack = [str(root)]
     while stack:
         folder = stack.pop()
@@ -97,7 +122,7 @@ def scan_folder(root: str | Path, recursive: bool = True) -> ScanResult:
                     result.skipped_symlinks += 1
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    if recursive:
+                    if recursive and entry.name not in ARCHIVE_DIR_NAMES:
                         stack.append(entry.path)
                     else:
                         result.skipped_other += 1

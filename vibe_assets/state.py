@@ -125,7 +125,18 @@ def _v2_synced(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (("initial", _v1_initial), ("synced", _v2_synced))
+def _v3_phash(db: sqlite3.Connection) -> None:
+    """The perceptual hash of each decoded image's preview (``decode_outcomes.phash``: 16 hex
+    digits, see :mod:`vibe_assets.imaging.phash`), used to group near duplicates. NULL for images
+    decoded before this version: computed from the preview file when first needed."""
+    db.execute("ALTER TABLE decode_outcomes ADD COLUMN phash TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    ("initial", _v1_initial),
+    ("synced", _v2_synced),
+    ("phash", _v3_phash),
+)
 """Ordered migrations: the schema version of a database is the number of migrations applied.
 Append only; never edit or reorder one that shipped."""
 

@@ -26,9 +26,14 @@ def test_definitions_load_with_partitioned_assets_jobs_and_schedule() -> None:
         "clip_embeddings",
         "blip_captions",
         "qdrant_photos",
+        "duplicate_groups",
     }
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
+        if key.to_user_string() == "duplicate_groups":  # one report of the whole collection
+            assert node.partitions_def is None
+            assert dg.AssetKey("qdrant_photos") in node.parent_keys  # new folders make it stale
+            continue
         assert node.partitions_def is not None and node.partitions_def.name == "photo_folder"
     # Runs launched from the UI (__ASSET_JOB) and the jobs: one process per run.
     assert definitions.defs.resolve_implicit_global_asset_job_def().executor_def.name == (
@@ -44,6 +49,14 @@ def test_definitions_load_with_partitioned_assets_jobs_and_schedule() -> None:
         "blip_captions",
         "qdrant_photos",
     }
+    duplicates_job = definitions.defs.resolve_job_def("duplicates_job")
+    assert duplicates_job.executor_def.name == "vibe_in_process"
+    assert {k.to_user_string() for k in duplicates_job.asset_layer.executable_asset_keys} == {
+        "duplicate_groups"
+    }
+    assert definitions.defs.resolve_schedule_def("duplicates_schedule").cron_schedule == (
+        "0 4 * * 0"
+    )
     schedule = definitions.defs.resolve_schedule_def("recaption_schedule")
     assert schedule.cron_schedule == "0 3 * * 0"  # weekly
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING

@@ -20,6 +20,8 @@ from vibe_assets.vectors import (
     PayloadUpdate,
     PointFilter,
     PointNotFoundError,
+    SnapshotNotFoundError,
+    SnapshotUnsupportedError,
     VectorPoint,
     VectorStore,
     point_id,
@@ -348,3 +350,154 @@ def test_close_then_reopen_keeps_everything(
         assert again.ensure_collection("photos", DIM, Distance.COSINE) is False
         info = again.collection_info("photos")
         assert info is not None and info.points == 19 and len(info.indexed_fields) > 0
+
+
+def _all_points(store: VectorStore, name: str) -> dict[str, tuple[dict[str, object], list[float]]]:
+    return {
+        r.id: (r.payload, np.asarray(r.vector).round(6).tolist())
+        for r in store.scroll(name, with_vectors=True)
+    }
+
+
+def test_snapshot_then_restore_brings_back_every_point(
+    open_store: Callable[[], VectorStore], engine: str
+) -> None:
+    store = open_store()
+    store.ensure_collection("photos", DIM, Distance.COSINE)
+    if engine == "server":
+        with pytest.raises(SnapshotUnsupportedError, match="no snapshots"):
+            store.snapshot("photos")
+        with pytest.raises(SnapshotUnsupportedError):
+            store.restore_snapshot("photos", "any")
+        pytest.skip(
+            "qdrant-client's in-memory mode has no snapshots (create_snapshot and "
+            "recover_snapshot raise NotImplementedError); the server engine's requests are "
+            "checked in test_server_snapshot_requests"
+        )
+    points = make_points(20, folder_keys=lambda i: ["a"], paths=lambda i: [f"/a/{i}.jpg"])
+    store.upsert("photos", points)
+    before = _all_points(store, "photos")
+    first = store.snapshot("photos")
+    assert (first.collection, first.points, first.engine) == ("photos", 20, store.engine)
+    assert first.size_bytes > 0 and first.created_at
+
+    # changes after the snapshot: deletes, payload updates, new points
+    ids = [p.id for p in points]
+    store.delete("photos", ids[:5])
+    store.set_payloads("photos", [PayloadUpdate.one(ids[6], {"paths": ["/b/6.jpg"]})])
+    store.upsert("photos", make_points(3, seed=7))
+    after = _all_points(store, "photos")
+    assert len(after) == 18
+    second = store.snapshot("photos")
+    assert [s.id for s in store.list_snapshots("photos")] == [first.id, second.id]
+
+    assert store.restore_snapshot("photos", first.id) == first
+    assert _all_points(store, "photos") == before  # payloads and vectors, exactly
+    info = store.collection_info("photos")
+    assert info is not None and dict(info.indexed_fields) == {
+        k: v.value for k, v in INDEXED_FIELDS.items()
+    }
+    # what the restore replaced is kept as a snapshot, so a restore can be undone
+    replaced = [s for s in store.list_snapshots("photos") if s.id.endswith("-before-restore")]
+    assert len(replaced) == 1 and replaced[0].points == 18
+    store.close()
+    with open_store() as again:  # the restored shard is what a new process opens
+        assert _all_points(again, "photos") == before
+        again.restore_snapshot("photos", replaced[0].id)
+        assert _all_points(again, "photos") == after
+        again.upsert("photos", make_points(1, seed=9))  # writable as usual
+        assert again.count("photos") == 19
+
+        with pytest.raises(SnapshotNotFoundError, match="no snapshot"):
+            again.restore_snapshot("photos", "20990101T000000.000000Z")
+        with pytest.raises(SnapshotNotFoundError):
+            again.restore_snapshot("photos", "../../etc")
+        with pytest.raises(CollectionNotFoundError):
+            again.snapshot("nope")
+        with pytest.raises(CollectionNotFoundError):
+            again.list_snapshots("nope")
+
+        # snapshots outlive the collection and re-create it
+        assert again.delete_collection("photos")
+        assert len(again.list_snapshots("photos")) == 4
+        again.restore_snapshot("photos", first.id)
+        assert _all_points(again, "photos") == before
+
+
+def test_edge_snapshot_is_consistent_while_points_are_written(tmp_path: Path) -> None:
+    """The snapshot copies a flushed shard that nobody else can write (the store holds it):
+    what was written before the call is in it, nothing written after is, and a partial copy is
+    never listed."""
+    store = EdgeVectorStore(tmp_path / "vectors")
+    store.ensure_collection("photos", DIM, Distance.COSINE)
+    store.upsert("photos", make_points(300))
+    info = store.snapshot("photos")
+    store.upsert("photos", make_points(50, seed=3))
+    assert info.points == 300
+    shard = Path(info.location) / "shard"
+    assert shard.is_dir() and (Path(info.location) / "snapshot.json").is_file()
+    (tmp_path / "snapshots" / "photos" / ".20990101T000000.000000Z.partial-1").mkdir()
+    assert [s.id for s in store.list_snapshots("photos")] == [info.id]
+    store.restore_snapshot("photos", info.id)
+    assert store.count("photos") == 300
+    store.close()
+
+
+def test_server_snapshot_requests(tmp_path: Path) -> None:
+    """The server engine's snapshot calls (no Qdrant server runs here: a stand-in client records
+    what would be sent): create waits, restore recovers from the server's own snapshot file with
+    the snapshot taking priority, an unknown snapshot is refused before any request."""
+    from qdrant_client import models
+
+    calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+
+    class Client:
+        def __getattr__(self, name: str) -> Callable[..., object]:
+            def call(*args: object, **kwargs: object) -> object:
+                calls.append((name, args, kwargs))
+                if name == "collection_exists":
+                    return True
+                if name == "count":
+                    return models.CountResult(count=7)
+                desc = models.SnapshotDescription(
+                    name="photos-1.snapshot", creation_time="2026-01-02T03:04:05", size=1234
+                )
+                if name == "create_snapshot":
+                    return desc
+                if name == "list_snapshots":
+                    return [desc]
+                return True
+
+            return call
+
+    store = ServerVectorStore(
+        Client(),
+        "http://qdrant:6333",
+        snapshots_path="/srv/qdrant/snapshots/",  # type: ignore[arg-type]
+    )
+    info = store.snapshot("photos")
+    assert (info.id, info.points, info.size_bytes, info.engine) == (
+        "photos-1.snapshot",
+        7,
+        1234,
+        "server",
+    )
+    assert info.location == "http://qdrant:6333/collections/photos/snapshots/photos-1.snapshot"
+    assert ("create_snapshot", ("photos",), {"wait": True}) in calls
+    assert [i.id for i in store.list_snapshots("photos")] == ["photos-1.snapshot"]
+    calls.clear()
+    assert (
+        store.restore_snapshot("photos", "photos-1.snapshot") == store.list_snapshots("photos")[0]
+    )
+    recover = [c for c in calls if c[0] == "recover_snapshot"]
+    assert recover == [
+        (
+            "recover_snapshot",
+            ("photos", "file:///srv/qdrant/snapshots/photos/photos-1.snapshot"),
+            {"priority": models.SnapshotPriority.SNAPSHOT, "wait": True},
+        )
+    ]
+    calls.clear()
+    with pytest.raises(SnapshotNotFoundError):
+        store.restore_snapshot("photos", "other.snapshot")
+    assert not [c for c in calls if c[0] == "recover_snapshot"]

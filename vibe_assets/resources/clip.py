@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
+import os
 import threading
 import time
 import warnings
@@ -34,6 +36,8 @@ RANDOM_SEED = 0  # random weights are seeded so that ingest and search agree wit
 # open_clip loads these (SigLIP big_vision numpy weights) with its own converter, not a strict
 # state-dict load: their models keep the random initialisation.
 BIG_VISION_SUFFIXES = frozenset({".npz", ".npy"})
+CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".safetensors"})
+"""A ``weights`` value ending in one of these (or holding a ``/``) names a checkpoint file."""
 
 
 def skip_weight_init(enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
@@ -132,6 +136,46 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def checkpoint_digest(path: Path, cache_file: Path | None = None) -> str:
+    """SHA-256 hex digest of a checkpoint file.
+
+    With ``cache_file`` (JSON: ``{absolute path: {"stat": [size, mtime_ns, inode], "sha256"}}``)
+    a digest is reused while the file's size, mtime and inode are unchanged (the rule the scan
+    uses for photos), and a new one is written there (atomically; a cache that cannot be read
+    or written is ignored: the digest is then computed). A file that changes while it is
+    hashed is not remembered.
+
+    Raises:
+        OSError: the checkpoint cannot be read.
+    """
+    key = str(path.resolve())
+    before = _stat_key(path)
+    entries: dict[str, Any] = {}
+    if cache_file is not None:
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(cache_file.read_text())
+            entries = loaded if isinstance(loaded, dict) else {}
+        entry = entries.get(key)
+        if isinstance(entry, dict) and entry.get("stat") == before:
+            digest = entry.get("sha256")
+            if isinstance(digest, str) and len(digest) == 64:
+                return digest
+    digest = _file_sha256(path)
+    if cache_file is not None and _stat_key(path) == before:
+        entries[key] = {"stat": before, "sha256": digest}
+        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(OSError):
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(entries, indent=1))
+            os.replace(tmp, cache_file)
+    return digest
+
+
 def _bundled_embed_dim(model_name: str) -> int | None:
     """``embed_dim`` of ``model_name`` from open_clip's bundled ``model_configs/<name>.json``,
     read without importing open_clip; None when there is no such file (or it is unreadable)."""
@@ -163,6 +207,9 @@ class ClipResource(dg.ConfigurableResource):
             :class:`~vibe_assets.resources.device.InferenceDeviceResource` for the largest safe
             batch (probed once per machine and model, cached).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``.
+        digest_cache: JSON file remembering checkpoint SHA-256s by (path, size, mtime_ns,
+            inode), so a process does not re-read a 600 MB checkpoint just to name the model
+            (~0.6 s); None (default): hashed once per process.
 
     The model is loaded on the first call of :meth:`load` (never at import, never when there is
     nothing to embed) and kept for the rest of the run.
@@ -172,6 +219,7 @@ class ClipResource(dg.ConfigurableResource):
     weights: str = DEFAULT_CLIP_WEIGHTS
     batch_size: int | None = None
     device: str = "auto"
+    digest_cache: str | None = None
 
     _loaded: LoadedClip | None = PrivateAttr(default=None)
     _model_id: str | None = PrivateAttr(default=None)
@@ -183,7 +231,11 @@ class ClipResource(dg.ConfigurableResource):
         if (model_name, weights) == (self.model_name, self.weights):
             return self
         return ClipResource(
-            model_name=model_name, weights=weights, batch_size=self.batch_size, device=self.device
+            model_name=model_name,
+            weights=weights,
+            batch_size=self.batch_size,
+            device=self.device,
+            digest_cache=self.digest_cache,
         )
 
     @property
@@ -192,22 +244,34 @@ class ClipResource(dg.ConfigurableResource):
         return self.weights.strip().lower() == RANDOM_WEIGHTS
 
     def _checkpoint_path(self) -> Path | None:
+        """The local checkpoint file ``weights`` names, or None for a pretrained tag or random.
+
+        Decided without importing open_clip (~3 s with torch) in the usual cases, so the fast
+        text search can name the model: ``weights`` with a ``/`` or a checkpoint suffix is a
+        path; a name that is no existing file is a tag (open_clip rejects an unknown one when
+        loading). Only a bare name that is also a file here asks open_clip's tag list.
+
+        Raises:
+            ClipWeightsError: a path-like ``weights`` that is not a file.
+        """
         if self.is_random:
             return None
-        import open_clip
-
-        if self.weights in open_clip.list_pretrained_tags_by_model(self.model_name):
-            return None
         p = Path(self.weights).expanduser()
-        looks_like_path = p.suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in self.weights
-        if p.exists() or looks_like_path:
+        looks_like_path = p.suffix in CHECKPOINT_SUFFIXES or "/" in self.weights
+        if looks_like_path:
             if not p.is_file():
                 raise ClipWeightsError(
                     f"CLIP checkpoint {str(p)!r} does not exist; set VIBE_CLIP_WEIGHTS to a "
                     f"pretrained tag (e.g. {DEFAULT_CLIP_WEIGHTS}), a checkpoint file, or 'random'"
                 )
             return p.resolve()
-        return None
+        if not p.is_file():
+            return None
+        import open_clip
+
+        if self.weights in open_clip.list_pretrained_tags_by_model(self.model_name):
+            return None
+        return p.resolve()
 
     @property
     def model_id(self) -> str:
@@ -341,3 +405,29 @@ class ClipResource(dg.ConfigurableResource):
             tokens = clip.tokenizer(texts).to(clip.device)
             feats = torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1)
         return feats.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_photo(self, path: str | Path) -> np.ndarray:
+        """Embed one photo file as ingest does: decoded once
+        (:func:`~vibe_assets.imaging.decode.decode_photo` to the 512 px preview), encoded as the
+        stored JPEG preview, read back, preprocessed and embedded; an image that was ingested
+        gets its stored embedding again (up to float noise).
+
+        Returns:
+            ``(D,) float32``, L2-normalised.
+
+        Raises:
+            PhotoError: the file cannot be decoded (its error code says why).
+            ClipWeightsError: the model cannot be loaded.
+        """
+        import io
+
+        from PIL import Image
+
+        from vibe_assets.assets.previews import PREVIEW_SIZE
+        from vibe_assets.imaging.decode import decode_photo, encode_preview
+
+        decoded = decode_photo(path, preview_size=PREVIEW_SIZE)
+        with Image.open(io.BytesIO(encode_preview(decoded.image))) as im:
+            preview = im.convert("RGB")
+        prepare, to_batch = self.load().split_preprocess()
+        return self.encode_images(to_batch([prepare(preview)]))[0]

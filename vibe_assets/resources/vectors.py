@@ -9,6 +9,7 @@ local-mode folder (see :mod:`vibe_assets.vectors.migrate`) when given a way to r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from vibe_assets.vectors.migrate import Rebuild, migrate_local_mode
 
 DEFAULT_STEP_WAIT_SECONDS = 5.0
 DEFAULT_COMMAND_WAIT_SECONDS = 300.0
+SERVER_SNAPSHOTS_ENV = "VIBE_QDRANT_SNAPSHOTS_PATH"
+DEFAULT_SERVER_SNAPSHOTS_PATH = "/qdrant/snapshots"
 
 
 class VectorStoreResource(dg.ConfigurableResource):
@@ -39,6 +42,11 @@ class VectorStoreResource(dg.ConfigurableResource):
         command_wait_seconds: the same for ``vibe-assets`` commands (search, export,
             collections), which print a progress line while they wait
             (``VIBE_VECTORS_WAIT_SECONDS``).
+        snapshots_path: embedded snapshots folder (default: ``snapshots`` beside ``path``,
+            i.e. ``VIBE_HOME/snapshots``), one ``<collection>/<id>/`` folder per snapshot.
+        server_snapshots_path: the Qdrant server's own snapshots folder, as the server sees it
+            (its ``storage.snapshots_path``), from which a snapshot is recovered; None:
+            ``VIBE_QDRANT_SNAPSHOTS_PATH``, default ``/qdrant/snapshots`` (the official image).
     """
 
     path: str | None = None
@@ -48,6 +56,8 @@ class VectorStoreResource(dg.ConfigurableResource):
     timeout: int = 30
     step_wait_seconds: float = DEFAULT_STEP_WAIT_SECONDS
     command_wait_seconds: float = DEFAULT_COMMAND_WAIT_SECONDS
+    snapshots_path: str | None = None
+    server_snapshots_path: str | None = None
 
     @property
     def is_embedded(self) -> bool:
@@ -69,6 +79,24 @@ class VectorStoreResource(dg.ConfigurableResource):
     def vectors_path(self) -> Path:
         """The embedded store folder."""
         return Path(self.path).expanduser() if self.path else vibe_home() / "vectors"
+
+    @property
+    def snapshots_folder(self) -> Path:
+        """The embedded snapshots folder (``snapshots`` beside :attr:`vectors_path` unless
+        ``snapshots_path`` is set)."""
+        if self.snapshots_path:
+            return Path(self.snapshots_path).expanduser()
+        return self.vectors_path.parent / "snapshots"
+
+    @property
+    def server_snapshots_folder(self) -> str:
+        """The server's snapshots folder (``server_snapshots_path``, else
+        ``VIBE_QDRANT_SNAPSHOTS_PATH``, else ``/qdrant/snapshots``)."""
+        return (
+            self.server_snapshots_path
+            or os.environ.get(SERVER_SNAPSHOTS_ENV, "").strip()
+            or DEFAULT_SERVER_SNAPSHOTS_PATH
+        )
 
     @property
     def legacy_folder(self) -> Path:
@@ -101,13 +129,16 @@ class VectorStoreResource(dg.ConfigurableResource):
         if self.url:
             from vibe_assets.vectors.server import ServerVectorStore
 
-            return ServerVectorStore.connect(self.url, self.api_key, self.timeout)
+            return ServerVectorStore.connect(
+                self.url, self.api_key, self.timeout, snapshots_path=self.server_snapshots_folder
+            )
         from vibe_assets.vectors.edge import EdgeVectorStore
 
         store = EdgeVectorStore(
             self.vectors_path,
             wait_seconds=self.step_wait_seconds if wait_seconds is None else wait_seconds,
             on_wait=on_wait,
+            snapshots_root=self.snapshots_folder,
         )
         if rebuild is not None:
             try:

@@ -15,11 +15,18 @@ The vocabulary is our own and small, so no engine's types leak into the rest of 
   within a field any of the values (OR).
 
 Every method raises :class:`CollectionNotFoundError` for a collection that does not exist
-(except :meth:`VectorStore.collection_exists`, :meth:`~VectorStore.collection_info` and
-:meth:`~VectorStore.delete_collection`), :class:`QdrantBusyError` when an embedded collection is
+(except :meth:`VectorStore.collection_exists`, :meth:`~VectorStore.collection_info`,
+:meth:`~VectorStore.delete_collection` and :meth:`~VectorStore.restore_snapshot`, which
+re-creates it), :class:`QdrantBusyError` when an embedded collection is
 held by another process past the store's wait, and :class:`QdrantUnavailableError` /
 :class:`QdrantRequestError` for server faults. Writes are durable when the call returns
 (server: ``wait=True``; embedded: written to the write-ahead log).
+
+Snapshots (:meth:`VectorStore.snapshot`, :meth:`~VectorStore.list_snapshots`,
+:meth:`~VectorStore.restore_snapshot`): the server engine uses Qdrant's snapshot API (archives on
+the server); the embedded engine copies the collection's shard folder while it holds the shard
+(``$VIBE_HOME/snapshots/<collection>/<id>/``). qdrant-client's in-memory mode has none
+(:class:`SnapshotUnsupportedError`).
 """
 
 from __future__ import annotations
@@ -91,6 +98,18 @@ class PointNotFoundError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "point not found"
+
+
+class SnapshotNotFoundError(KeyError):
+    """No snapshot of that id exists for the collection (see
+    :meth:`VectorStore.list_snapshots`)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "snapshot not found"
+
+
+class SnapshotUnsupportedError(RuntimeError):
+    """The store cannot take or restore snapshots (qdrant-client's local/in-memory mode)."""
 
 
 # -- vocabulary ---------------------------------------------------------------------------------
@@ -261,6 +280,44 @@ class CollectionInfo:
         }
 
 
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot of a collection.
+
+    Attributes:
+        id: what :meth:`VectorStore.restore_snapshot` takes (embedded: the UTC time it was taken,
+            ``YYYYmmddTHHMMSS.ffffffZ``; server: the snapshot file name the server gave it).
+        collection: the collection it is a copy of.
+        created_at: when it was taken (ISO 8601, UTC), None when the server does not say.
+        size_bytes: bytes on disk (embedded: the copied shard folder; server: the archive).
+        points: points the collection held when it was taken (None when unknown: a server's
+            snapshots listed later).
+        location: where it is, without secrets (embedded: its folder; server:
+            ``<redacted url>/collections/<name>/snapshots/<id>``).
+        engine: ``edge`` or ``server``.
+    """
+
+    id: str
+    collection: str
+    created_at: str | None
+    size_bytes: int
+    points: int | None
+    location: str
+    engine: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "id": self.id,
+            "collection": self.collection,
+            "created_at": self.created_at,
+            "size_bytes": self.size_bytes,
+            "points": self.points,
+            "location": self.location,
+            "engine": self.engine,
+        }
+
+
 def mismatch_message(name: str, size: int, distance: str, want_size: int, want: Distance) -> str:
     """The :class:`CollectionMismatchError` message (same words for both engines)."""
     return (
@@ -381,6 +438,39 @@ class VectorStore(abc.ABC):
     ) -> list[ScoredPoint]:
         """The ``limit`` points nearest to ``vector`` ((D,) float32) among those matching
         ``flt``, best first."""
+
+    # -- snapshots ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def snapshot(self, name: str) -> SnapshotInfo:
+        """Take a consistent snapshot of collection ``name`` (every point, vector and payload,
+        the payload indexes) and return what it is. Writes made before the call are in it.
+
+        Raises:
+            CollectionNotFoundError: no such collection.
+            SnapshotUnsupportedError: the store has no snapshots (qdrant-client's local mode).
+        """
+
+    @abc.abstractmethod
+    def list_snapshots(self, name: str) -> list[SnapshotInfo]:
+        """Every snapshot of collection ``name``, oldest first; ``[]`` when it has none.
+
+        Raises:
+            CollectionNotFoundError: the collection does not exist (embedded: and no snapshot of
+                it remains; snapshots outlive a deleted embedded collection and can restore it).
+        """
+
+    @abc.abstractmethod
+    def restore_snapshot(self, name: str, snapshot_id: str) -> SnapshotInfo:
+        """Replace collection ``name``'s points with snapshot ``snapshot_id``'s (re-creating the
+        collection if it was deleted) and return the snapshot restored. The collection then
+        holds what it held when the snapshot was taken: whoever records what a collection holds
+        must forget it (:func:`vibe_assets.state.reset_synced`).
+
+        Raises:
+            SnapshotNotFoundError: no snapshot ``snapshot_id`` of ``name``.
+            SnapshotUnsupportedError: the store has no snapshots.
+            QdrantBusyError: embedded: another process holds the collection past the wait.
+        """
 
     # -- lifetime -----------------------------------------------------------------------------
     @abc.abstractmethod

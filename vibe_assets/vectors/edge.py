@@ -17,11 +17,28 @@ the holder. Writes go to the write-ahead log, so a process killed mid-upsert los
 
 Collections are created in a temporary folder and renamed into place, so a half-created shard
 is never seen. Nothing here reads or writes a pickle.
+
+Snapshots live under ``snapshots_root`` (``$VIBE_HOME/snapshots``)::
+
+    <collection>/<id>/shard/          a copy of the shard folder
+    <collection>/<id>/snapshot.json   what it is (SnapshotInfo fields, vector size, distance)
+
+:meth:`EdgeVectorStore.snapshot` holds the shard (so no other process writes it), flushes it,
+copies its folder into ``.<id>.partial-<pid>``, opens the copy to check it loads and holds as
+many points, and renames it to ``<id>`` (a crash leaves a hidden partial folder, never a
+snapshot that is not whole). The id is the UTC time, ``YYYYmmddTHHMMSS.ffffffZ``.
+:meth:`EdgeVectorStore.restore_snapshot` copies the snapshot beside the collection, then, holding
+the shard, flushes it, renames its folder away, closes it (qdrant-edge 0.9 rewrites
+``segment.json`` files by path when a shard closes: closing after the rename keeps it from
+writing into the restored folder) and renames the copy into place; for a few milliseconds the
+collection does not exist. What it replaced is kept as snapshot ``<id>-before-restore``, so a
+restore can itself be undone. Snapshots are plain folders: delete old ones by hand.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -30,6 +47,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +68,8 @@ from vibe_assets.vectors.base import (
     PointNotFoundError,
     QdrantBusyError,
     ScoredPoint,
+    SnapshotInfo,
+    SnapshotNotFoundError,
     StoredPoint,
     VectorPoint,
     VectorStore,
@@ -59,7 +79,11 @@ from vibe_assets.vectors.base import (
 
 CONFIG_FILE = "edge_config.json"  # written by qdrant-edge in every shard folder
 HOLDER_SUFFIX = ".holder.json"
+SNAPSHOT_META = "snapshot.json"
+SNAPSHOT_SHARD = "shard"
+BEFORE_RESTORE = "-before-restore"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SNAPSHOT_ID_RE = re.compile(rf"^\d{{8}}T\d{{6}}\.\d{{6}}Z({BEFORE_RESTORE})?$")
 _LOCK_ERRORS = ("WouldBlock", "temporarily unavailable")
 
 _DISTANCES = {
@@ -88,6 +112,99 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _new_snapshot_id() -> str:
+    """A snapshot id: the UTC time now, ``YYYYmmddTHHMMSS.ffffffZ`` (sorts by time)."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _tree_bytes(path: Path) -> int:
+    """Disk bytes of every regular file under ``path`` (allocated blocks: Qdrant preallocates
+    32 MiB WAL and storage files that stay mostly holes)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+    return total
+
+
+_COPY_CHUNK = 1 << 20
+
+
+def sparse_copy(src: str, dst: str) -> str:
+    """Copy file ``src`` to ``dst`` (metadata as :func:`shutil.copy2`) keeping its holes: only
+    the data regions (``SEEK_DATA``/``SEEK_HOLE``, Linux and macOS) are read and written, so a
+    shard's preallocated, mostly empty files cost their used bytes, not their size (a 4-point
+    collection: 0.6 MiB instead of 185 MiB). Falls back to :func:`shutil.copy2` where the file
+    system cannot report holes. Returns ``dst`` (a ``copy_function`` for
+    :func:`shutil.copytree`).
+
+    Raises:
+        OSError: reading or writing failed.
+    """
+    if not hasattr(os, "SEEK_DATA"):
+        return shutil.copy2(src, dst)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        try:
+            offset = os.lseek(fin.fileno(), 0, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data at all: one hole
+                offset = size
+            elif exc.errno == errno.EINVAL:  # no hole support here
+                fout.close()
+                return shutil.copy2(src, dst)
+            else:
+                raise
+        while offset < size:
+            end = os.lseek(fin.fileno(), offset, os.SEEK_HOLE)
+            fin.seek(offset)
+            fout.seek(offset)
+            while offset < end:
+                chunk = fin.read(min(_COPY_CHUNK, end - offset))
+                if not chunk:
+                    break
+                fout.write(chunk)
+                offset += len(chunk)
+            try:
+                offset = os.lseek(fin.fileno(), end, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                offset = size
+        fout.truncate(size)
+    shutil.copystat(src, dst)
+    return dst
+
+
+def _config_at(shard_dir: Path, name: str) -> tuple[int, str]:
+    """``(vector size, distance name)`` of the shard folder ``shard_dir`` (collection ``name``),
+    read from its own config file (no lock needed).
+
+    Raises:
+        CollectionMismatchError: not a single-vector shard this version can read.
+    """
+    path = shard_dir / CONFIG_FILE
+    try:
+        vectors = json.loads(path.read_text())["vectors"]
+        params = vectors[""]
+        return int(params["size"]), str(params["distance"]).lower()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CollectionMismatchError(
+            f"collection {name!r} ({path}) is not a single-vector collection this version "
+            f"can read ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _count_shard(path: Path) -> int:
+    """Points of the shard folder at ``path`` (opened and closed here: a copy nobody holds)."""
+    shard = qe.EdgeShard.load(str(path))
+    try:
+        return int(shard.count(qe.CountRequest(exact=True)))
+    finally:
+        shard.close()
 
 
 def edge_filter(flt: PointFilter | None) -> qe.Filter | None:
@@ -123,6 +240,7 @@ class EdgeVectorStore(VectorStore):
         on_wait: called with a progress line (who holds it, for how long we waited) when a wait
             starts and every ``notify_seconds`` after; None: silent.
         poll_seconds: pause between open attempts while waiting.
+        snapshots_root: folder of the snapshots (default: ``snapshots`` beside ``root``).
     """
 
     engine = "edge"
@@ -134,8 +252,12 @@ class EdgeVectorStore(VectorStore):
         on_wait: Callable[[str], None] | None = None,
         poll_seconds: float = 0.2,
         notify_seconds: float = 5.0,
+        snapshots_root: Path | None = None,
     ) -> None:
         self.root = Path(root)
+        self.snapshots_root = (
+            Path(snapshots_root) if snapshots_root is not None else self.root.parent / "snapshots"
+        )
         self.wait_seconds = max(0.0, wait_seconds)
         self.on_wait = on_wait
         self.poll_seconds = poll_seconds
@@ -236,16 +358,7 @@ class EdgeVectorStore(VectorStore):
 
     def _config(self, name: str) -> tuple[int, str]:
         """``(vector size, distance name)`` from the shard's own config file (no lock needed)."""
-        path = self._dir(name) / CONFIG_FILE
-        try:
-            vectors = json.loads(path.read_text())["vectors"]
-            params = vectors[""]
-            return int(params["size"]), str(params["distance"]).lower()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CollectionMismatchError(
-                f"collection {name!r} ({path}) is not a single-vector collection this version "
-                f"can read ({type(exc).__name__}: {exc})"
-            ) from exc
+        return _config_at(self._dir(name), name)
 
     def _ensure_indexes(self, shard: qe.EdgeShard) -> None:
         present = shard.info().payload_schema
@@ -416,6 +529,165 @@ class EdgeVectorStore(VectorStore):
             )
         )
         return [ScoredPoint(str(h.id), float(h.score), h.payload or {}) for h in hits]
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def _snapshots_of(self, name: str) -> Path:
+        self._dir(name)  # validates the name
+        return self.snapshots_root / name
+
+    def _write_snapshot(
+        self, name: str, folder: Path, snap_id: str, points: int, created_at: str
+    ) -> SnapshotInfo:
+        """Describe the partial snapshot ``folder`` (its shard copied into it) in its
+        ``snapshot.json`` and rename it to ``<id>``; returns its info."""
+        size, distance = _config_at(folder / SNAPSHOT_SHARD, name)
+        final = self._snapshots_of(name) / snap_id
+        info = SnapshotInfo(
+            id=snap_id,
+            collection=name,
+            created_at=created_at,
+            size_bytes=_tree_bytes(folder / SNAPSHOT_SHARD),
+            points=points,
+            location=str(final),
+            engine=self.engine,
+        )
+        doc = {**info.as_dict(), "vector_size": size, "distance": distance}
+        (folder / SNAPSHOT_META).write_text(json.dumps(doc, indent=2))
+        os.rename(folder, final)  # fails rather than replace an existing snapshot
+        return info
+
+    def snapshot(self, name: str) -> SnapshotInfo:
+        """Copy collection ``name``'s shard folder into ``snapshots_root/<name>/<id>/`` while
+        holding it (see the module docstring); costs a copy of the folder (disk bytes as large
+        as the collection's) and one open of the copy (~0.4 s at 100k points).
+
+        Raises:
+            CollectionNotFoundError: no such collection.
+            QdrantBusyError: another process holds it past ``wait_seconds``.
+            RuntimeError: the copy does not hold as many points as the collection (removed).
+            OSError: e.g. the disk is full (the partial copy is removed).
+        """
+        shard = self._shard(name)
+        shard.flush()
+        points = int(shard.count(qe.CountRequest(exact=True)))
+        folder = self._snapshots_of(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        snap_id = _new_snapshot_id()
+        created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        partial = folder / f".{snap_id}.partial-{os.getpid()}"
+        try:
+            shutil.copytree(
+                self._dir(name),
+                partial / SNAPSHOT_SHARD,
+                symlinks=True,
+                copy_function=sparse_copy,
+            )
+            copied = _count_shard(partial / SNAPSHOT_SHARD)
+            if copied != points:
+                raise RuntimeError(
+                    f"snapshot of collection {name!r} holds {copied} points, the collection "
+                    f"{points}: not kept"
+                )
+            return self._write_snapshot(name, partial, snap_id, points, created_at)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # gone already when it was renamed
+
+    def list_snapshots(self, name: str) -> list[SnapshotInfo]:
+        """Snapshots found under ``snapshots_root/<name>/`` (folders with a readable
+        ``snapshot.json``), oldest first; they remain after the collection is deleted."""
+        folder = self._snapshots_of(name)
+        infos: list[SnapshotInfo] = []
+        if folder.is_dir():
+            for child in sorted(folder.iterdir()):
+                if not _SNAPSHOT_ID_RE.match(child.name):
+                    continue
+                try:
+                    doc = json.loads((child / SNAPSHOT_META).read_text())
+                    fields = SnapshotInfo.__dataclass_fields__
+                    infos.append(SnapshotInfo(**{k: doc[k] for k in fields}))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # not a snapshot we wrote whole
+        if not infos and not self.collection_exists(name):
+            raise CollectionNotFoundError(f"collection {name!r} does not exist")
+        return sorted(infos, key=lambda i: i.id)
+
+    def restore_snapshot(self, name: str, snapshot_id: str) -> SnapshotInfo:
+        """Put snapshot ``snapshot_id``'s shard copy in place of collection ``name`` (see the
+        module docstring: what it replaces is kept as snapshot ``<id>-before-restore``).
+        Costs a copy of the snapshot folder.
+
+        Raises:
+            SnapshotNotFoundError: no such snapshot of ``name``.
+            QdrantBusyError: another process holds the collection past ``wait_seconds``.
+            OSError: the copy or a rename failed (the collection is left as it was, or, if the
+                restored copy could not be put in place, the error names where the replaced
+                folder was kept).
+        """
+        found = {info.id: info for info in self._snapshot_infos_quiet(name)}
+        info = found.get(snapshot_id) if _SNAPSHOT_ID_RE.match(snapshot_id) else None
+        if info is None:
+            raise SnapshotNotFoundError(
+                f"no snapshot {snapshot_id!r} of collection {name!r} in "
+                f"{self._snapshots_of(name)} (known: {sorted(found) or 'none'})"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".restoring-{name}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            shutil.copytree(
+                self._snapshots_of(name) / snapshot_id / SNAPSHOT_SHARD,
+                staging,
+                symlinks=True,
+                copy_function=sparse_copy,
+            )
+            kept = self._retire(name) if self.collection_exists(name) else None
+            try:
+                os.rename(staging, self._dir(name))  # fails if another process created it
+            except OSError as exc:
+                where = f"; what it held is kept as snapshot {kept.id!r}" if kept else ""
+                raise OSError(
+                    f"could not put snapshot {snapshot_id!r} in place of collection {name!r} "
+                    f"({self._dir(name)}): {exc}{where}"
+                ) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return info
+
+    def _snapshot_infos_quiet(self, name: str) -> list[SnapshotInfo]:
+        try:
+            return self.list_snapshots(name)
+        except CollectionNotFoundError:
+            return []
+
+    def _retire(self, name: str) -> SnapshotInfo | None:
+        """Move collection ``name``'s folder out of its place while holding it, then close it
+        (closing rewrites files by path: see the module docstring). It is kept as snapshot
+        ``<id>-before-restore`` (returned); when the snapshots folder is on another file system
+        (no rename possible) it is deleted instead (None)."""
+        shard = self._shard(name)  # holding its lock: nobody else is using it
+        shard.flush()
+        points = int(shard.count(qe.CountRequest(exact=True)))
+        snap_id = _new_snapshot_id() + BEFORE_RESTORE
+        created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        folder = self._snapshots_of(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{snap_id}.partial-{os.getpid()}"
+        partial.mkdir()
+        trash: Path | None = None
+        try:
+            os.rename(self._dir(name), partial / SNAPSHOT_SHARD)
+        except OSError:
+            partial.rmdir()
+            trash = self.root / f".deleting-{name}-{os.getpid()}-{time.time_ns()}"
+            os.rename(self._dir(name), trash)
+        with contextlib.suppress(Exception):
+            shard.close()
+        del self._shards[name]
+        self._drop_holder(name)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+            return None
+        return self._write_snapshot(name, partial, snap_id, points, created_at)
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -13,8 +13,18 @@ timeout, 5xx, 408, 429; the ``qdrant_<collection>`` step's retry policy retries 
 :class:`QdrantRequestError` (other 4xx). A missing collection is
 :class:`CollectionNotFoundError`.
 
+Snapshots use Qdrant's collection snapshot API: ``create_snapshot`` (an archive written on the
+server, under its ``storage.snapshots_path``, ``/qdrant/snapshots`` in the official image),
+``list_snapshots``, and ``recover_snapshot`` from the server's own file
+``file://<snapshots path>/<collection>/<snapshot>`` with ``priority=snapshot`` (the snapshot's
+data replaces the collection's; a missing collection is created). The snapshots path is the
+server's, not ours: ``snapshots_path`` (default ``/qdrant/snapshots``) must match the server's
+configuration, and the folder should be a volume that outlives the container.
+
 For tests, ``ServerVectorStore.in_memory()`` uses qdrant-client's in-memory mode in place of a
-server (it ignores payload indexes; everything else behaves like a server here).
+server (it ignores payload indexes and has no snapshots: qdrant-client 1.20's local mode raises
+``NotImplementedError`` for ``create_snapshot``/``recover_snapshot`` and lists none, which this
+engine reports as :class:`SnapshotUnsupportedError`; everything else behaves like a server here).
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ from vibe_assets.vectors.base import (
     QdrantRequestError,
     QdrantUnavailableError,
     ScoredPoint,
+    SnapshotInfo,
+    SnapshotNotFoundError,
+    SnapshotUnsupportedError,
     StoredPoint,
     VectorPoint,
     VectorStore,
@@ -51,6 +64,7 @@ from vibe_assets.vectors.base import (
 )
 
 PAYLOAD_OPS_PER_REQUEST = 500  # PayloadUpdates per batch_update_points request
+DEFAULT_SNAPSHOTS_PATH = "/qdrant/snapshots"  # the official image's storage.snapshots_path
 RETRYABLE_STATUS = {408, 429}  # plus every 5xx
 
 _DISTANCES = {
@@ -103,22 +117,41 @@ class ServerVectorStore(VectorStore):
         local: True for qdrant-client's local/in-memory mode (no payload indexes there).
         upload_retries: retries of one upsert batch inside ``upload_points`` (no backoff; the
             step's retry policy handles longer outages).
+        snapshots_path: the server's snapshots folder, as the server sees it (its
+            ``storage.snapshots_path``); snapshots are recovered from files under it.
     """
 
     engine = "server"
 
     def __init__(
-        self, client: QdrantClient, location: str, local: bool = False, upload_retries: int = 2
+        self,
+        client: QdrantClient,
+        location: str,
+        local: bool = False,
+        upload_retries: int = 2,
+        snapshots_path: str = DEFAULT_SNAPSHOTS_PATH,
     ) -> None:
         self.client = client
         self._location = location
         self.local = local
         self.upload_retries = upload_retries
+        self.snapshots_path = snapshots_path.rstrip("/") or "/"
 
     @classmethod
-    def connect(cls, url: str, api_key: str | None = None, timeout: int = 30) -> ServerVectorStore:
-        """A store on the server at ``url`` (``https://`` uses TLS). No request is made yet."""
-        return cls(QdrantClient(url=url, api_key=api_key, timeout=timeout), redact_url(url))
+    def connect(
+        cls,
+        url: str,
+        api_key: str | None = None,
+        timeout: int = 30,
+        snapshots_path: str = DEFAULT_SNAPSHOTS_PATH,
+    ) -> ServerVectorStore:
+        """A store on the server at ``url`` (``https://`` uses TLS). No request is made yet.
+        ``snapshots_path``: the server's snapshots folder (see the module docstring)."""
+        return cls(
+            QdrantClient(url=url, api_key=api_key, timeout=timeout),
+            redact_url(url),
+            snapshots_path=snapshots_path,
+        )
 
     @classmethod
     def in_memory(cls) -> ServerVectorStore:
@@ -351,6 +384,71 @@ class ServerVectorStore(VectorStore):
                 with_payload=_selector(with_payload),
             ).points
         return [ScoredPoint(str(h.id), float(h.score), h.payload or {}) for h in hits]
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def _unsupported(self) -> SnapshotUnsupportedError:
+        return SnapshotUnsupportedError(
+            f"{self.location}: qdrant-client's local/in-memory mode has no snapshots "
+            "(use the embedded engine or a Qdrant server)"
+        )
+
+    def _info(
+        self, name: str, desc: models.SnapshotDescription, points: int | None
+    ) -> SnapshotInfo:
+        return SnapshotInfo(
+            id=desc.name,
+            collection=name,
+            created_at=desc.creation_time,
+            size_bytes=int(desc.size),
+            points=points,
+            location=f"{self.location}/collections/{name}/snapshots/{desc.name}",
+            engine=self.engine,
+        )
+
+    def snapshot(self, name: str) -> SnapshotInfo:
+        """``create_snapshot`` (waits until the server wrote it); ``points`` is the count read
+        just before (another writer could change it in between)."""
+        if self.local:
+            raise self._unsupported()
+        with self.errors():
+            if not self.client.collection_exists(name):
+                raise CollectionNotFoundError(f"collection {name!r} does not exist")
+            points = int(self.client.count(name, exact=True).count)
+            desc = self.client.create_snapshot(name, wait=True)
+        if desc is None:  # only with wait=False
+            raise QdrantRequestError(f"{self.location}: create_snapshot returned no description")
+        return self._info(name, desc, points)
+
+    def list_snapshots(self, name: str) -> list[SnapshotInfo]:
+        """``list_snapshots``, oldest first (by creation time, then name)."""
+        if self.local:
+            raise self._unsupported()
+        with self.errors():
+            if not self.client.collection_exists(name):
+                raise CollectionNotFoundError(f"collection {name!r} does not exist")
+            found = self.client.list_snapshots(name)
+        infos = [self._info(name, desc, None) for desc in found]
+        return sorted(infos, key=lambda i: (i.created_at or "", i.id))
+
+    def restore_snapshot(self, name: str, snapshot_id: str) -> SnapshotInfo:
+        """``recover_snapshot`` from ``file://<snapshots_path>/<name>/<snapshot_id>`` with
+        ``priority=snapshot``, waiting until the server has applied it. The server keeps no copy
+        of what it replaced: take a snapshot first to be able to go back."""
+        if self.local:
+            raise self._unsupported()
+        known = {info.id: info for info in self.list_snapshots(name)}
+        info = known.get(snapshot_id)
+        if info is None or "/" in snapshot_id:
+            raise SnapshotNotFoundError(
+                f"no snapshot {snapshot_id!r} of collection {name!r} on {self.location} "
+                f"(known: {sorted(known) or 'none'})"
+            )
+        location = f"file://{self.snapshots_path.rstrip('/')}/{name}/{snapshot_id}"
+        with self.errors():
+            self.client.recover_snapshot(
+                name, location, priority=models.SnapshotPriority.SNAPSHOT, wait=True
+            )
+        return info
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
