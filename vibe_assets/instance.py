@@ -32,7 +32,11 @@ run_monitoring:
 
 def ensure_dagster_home() -> Path:
     """Create ``$DAGSTER_HOME`` (default ``$VIBE_HOME/dagster``) with a ``dagster.yaml`` if it has
-    none, export ``DAGSTER_HOME`` for this process, and return it."""
+    none, export ``DAGSTER_HOME`` for this process, and return it.
+
+    An existing ``dagster.yaml`` is never replaced: a copy of the repository's
+    ``dagster.postgres.yaml`` there puts the instance on PostgreSQL (connection from the
+    ``DAGSTER_PG_*`` variables, read when the instance loads)."""
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
