@@ -97,6 +97,15 @@ def test_ingest_without_captions_then_schedule_captions_every_point(
         np.testing.assert_array_equal(payload["_vector"], before[sha]["_vector"])  # unchanged
     md = metadata(result, "blip_captions")
     assert md["captioned"] == 11 and len(md["samples"].records) == 11
+    names = {p.name for p in (SAMPLES / "photos").iterdir()}
+    assert {r.data["file"] for r in md["samples"].records} <= names  # file names, not SHA paths
+    # small pictures in the Dagster UI: Markdown images served by `vibe-assets serve`
+    first = md["samples"].records[0].data["file"]
+    assert (
+        "](http://127.0.0.1:8765/mini/" in md["pictures"]
+        and first.replace("_", "\\_") in md["pictures"]
+    )
+    assert len(md["pictures"]) < 1000  # shown inline by the UI
     assert metadata(result, f"qdrant_{COLLECTION}")["captions_updated"] == 11
 
     # Nothing left to do: the schedule skips and a re-run generates nothing.

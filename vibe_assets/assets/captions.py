@@ -1,5 +1,6 @@
 """``blip_captions``: BLIP captions of every preview, stored per (caption model, SHA-256)."""
 
+import os
 import time
 from typing import Any
 
@@ -25,8 +26,10 @@ from vibe_assets.settings import CAPTIONS_TAG, decide_captions
 
 SAMPLE_ROWS = 20  # captions shown in the materialization's sample table
 
+SAMPLE_PICTURES = 3  # thumbnails in the Markdown ``pictures`` entry: under 1,000 chars, inline
+
 SAMPLE_SCHEMA = dg.TableSchema(
-    columns=[dg.TableColumn("thumbnail", "string"), dg.TableColumn("caption", "string")]
+    columns=[dg.TableColumn("file", "string"), dg.TableColumn("caption", "string")]
 )
 
 
@@ -48,27 +51,36 @@ def folder_caption_metadata(
 ) -> dict[str, dict[str, Any]]:
     """``{partition key: metadata}`` of ``blip_captions``: ``captioned`` (the folder's unique
     previewed images captioned by this run), ``from_cache`` (already captioned by ``model_id``
-    before it) and ``samples`` (up to ``SAMPLE_ROWS`` of this run's captions of the folder, with
-    thumbnail paths). ``captions`` is this run's ``{sha256: caption}``; an image shared by two
-    folders counts in each."""
+    before it), ``samples`` (up to ``SAMPLE_ROWS`` of this run's captions of the folder, with
+    the original file name) and ``pictures`` (Markdown: small thumbnails of the first
+    ``SAMPLE_PICTURES`` of them served by ``vibe-assets serve`` at ``VIBE_WEB_URL``, see
+    :mod:`vibe_assets.web.dagster_md`). ``captions`` is this run's ``{sha256: caption}``; an
+    image shared by two folders counts in each."""
+    from vibe_assets.web.config import web_base_url
+    from vibe_assets.web.dagster_md import markdown_thumbnails
+
     out: dict[str, dict[str, Any]] = {}
     for key in partition_keys:
-        shas = [
-            sha
-            for sha in paths_by_sha(require_hashes(store, key))
-            if sha in captions or store.preview_info(sha) is not None
-        ]
+        by_sha = paths_by_sha(require_hashes(store, key))
+        shas = [sha for sha in by_sha if sha in captions or store.preview_info(sha) is not None]
         mine = [sha for sha in shas if sha in captions]
         cached = sum(sha not in captions and store.has_caption(model_id, sha) for sha in shas)
-        samples = [
-            dg.TableRecord({"thumbnail": str(store.thumbnail_path(sha)), "caption": captions[sha]})
+        rows = [
+            {"sha256": sha, "path": by_sha[sha][0], "caption": captions[sha]}
             for sha in mine[:SAMPLE_ROWS]
+        ]
+        samples = [
+            dg.TableRecord({"file": os.path.basename(r["path"]), "caption": r["caption"]})
+            for r in rows
         ]
         out[key] = {
             "captioned": len(mine),
             "from_cache": cached,
             "samples": dg.MetadataValue.table(records=samples, schema=SAMPLE_SCHEMA),
         }
+        if rows:
+            pictures = markdown_thumbnails(rows, web_base_url(), limit=SAMPLE_PICTURES)
+            out[key]["pictures"] = dg.MetadataValue.md(pictures)
     return out
 
 

@@ -33,6 +33,8 @@ from vibe_assets.report import human_size
 from vibe_assets.resources.clip import ClipResource
 from vibe_assets.resources.store import StoreResource
 from vibe_assets.settings import DEFAULT_COLLECTION
+from vibe_assets.web.config import web_base_url
+from vibe_assets.web.dagster_md import groups_markdown
 
 DUPLICATES_GROUP = "duplicates"
 DUPLICATES_JOB = "duplicates_job"
@@ -189,6 +191,10 @@ def build_duplicates_asset(spec: CollectionSpec) -> dg.AssetsDefinition:
                 **per_tier,
                 "counts": dg.MetadataValue.json(counts),
                 "largest_groups": largest_groups_table(groups),
+                # thumbnails of the largest groups, served by `vibe-assets serve`
+                "largest_groups_pictures": dg.MetadataValue.md(
+                    groups_markdown(largest_groups(groups), web_base_url()) or "no duplicate groups"
+                ),
                 "report_path": dg.MetadataValue.path(str(path)),
                 "collection": spec.name,
                 "embed_model": model_id,
