@@ -765,8 +765,8 @@ def runs_cleanup(dry_run: bool) -> None:
 
 
 def _register_commands() -> None:
-    """Commands defined in their own modules: duplicates (report, archive, undo), curate and
-    the snapshot commands under ``collections``."""
+    """Commands defined in their own modules: duplicates (report, archive, undo), curate,
+    serve (the web app) and, under ``collections``, snapshots and the migration to a server."""
     from vibe_assets.cli_curate import (
         collections_restore,
         collections_snapshot,
@@ -776,12 +776,20 @@ def _register_commands() -> None:
         undo_command,
     )
     from vibe_assets.cli_duplicates import duplicates
+    from vibe_assets.cli_migrate import collections_migrate_to_server
+    from vibe_assets.cli_serve import serve
 
     duplicates.add_command(duplicates_archive)
     duplicates.add_command(undo_command)
     main.add_command(duplicates)
     main.add_command(curate)
-    for command in (collections_snapshot, collections_snapshots, collections_restore):
+    main.add_command(serve)
+    for command in (
+        collections_snapshot,
+        collections_snapshots,
+        collections_restore,
+        collections_migrate_to_server,
+    ):
         collections.add_command(command)
 
 

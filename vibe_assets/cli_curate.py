@@ -101,18 +101,9 @@ def _spec(name: str | None) -> Any:
 
 
 def _sources(resources: dict[str, Any]) -> dict[str, Any]:
-    """``{collection: PointSource}`` of every configured collection (model ids and sizes only:
-    no model is loaded)."""
-    from vibe_assets.collections import load_collections
-    from vibe_assets.point_source import PointSource
+    from vibe_assets.point_source import collection_point_sources
 
-    clip, store = resources["clip"], resources["store"]
-    caption_model = resources["blip"].model_id
-    out = {}
-    for spec in load_collections():
-        model = clip.for_model(spec.model, spec.weights)
-        out[spec.name] = PointSource(store, model.model_id, model.embedding_dim(), caption_model)
-    return out
+    return collection_point_sources(resources)
 
 
 def _refuse(message: str, problems: Sequence[str] = ()) -> None:

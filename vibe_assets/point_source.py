@@ -177,3 +177,19 @@ def store_rebuilder(
         return rebuild_collection(vectors, store.state, name, source, Distance(spec.distance), keys)
 
     return rebuild
+
+
+def collection_point_sources(resources: dict[str, Any]) -> dict[str, PointSource]:
+    """``{collection: PointSource}`` of every configured collection, from the resources of
+    :func:`vibe_assets.definitions.default_resources` (``clip``, ``store``, ``blip``): model
+    ids and vector sizes only, no model is loaded. Used to re-sync collections after files
+    moved (:func:`vibe_assets.moves.resync`) by the CLI and the web app."""
+    from vibe_assets.collections import load_collections
+
+    clip, store = resources["clip"], resources["store"]
+    caption_model = resources["blip"].model_id
+    out = {}
+    for spec in load_collections():
+        model = clip.for_model(spec.model, spec.weights)
+        out[spec.name] = PointSource(store, model.model_id, model.embedding_dim(), caption_model)
+    return out
