@@ -34,7 +34,10 @@
    (``run_overhead``): ``--overhead-runs`` re-runs of an already ingested two-image folder
    (nothing to decode, embed or upsert: the run is Dagster's bookkeeping, the scan, the hash
    check and the Qdrant diff) on the repository's ``dagster.yaml`` (SQLite) and on PostgreSQL,
-   with events per run and milliseconds per event. The default (``--instance sqlite``) is the
+   with events per run and milliseconds per event; PostgreSQL twice: as dagster-postgres opens
+   it (``postgres_new_connection_per_call``) and with connections kept open as ``vibe-assets``
+   does (``postgres``, :func:`vibe_assets.instance.keep_connections`). The default
+   (``--instance sqlite``) is the
    temporary SQLite instance as before, without that comparison.
 
 Prints JSON with images/s of each and the ratios. Weights default to random (explicit, warned):
@@ -70,6 +73,7 @@ from vibe_assets.assets.previews import previewed_shas
 from vibe_assets.collections import CollectionSpec
 from vibe_assets.definitions import build_assets
 from vibe_assets.imaging.formats import read_head, sniff_format
+from vibe_assets.instance import keep_connections
 from vibe_assets.partitions import PARTITIONS_NAME
 from vibe_assets.resources import (
     BlipResource,
@@ -410,12 +414,17 @@ def _benchmark(
         sqlite_home = Path(tmp) / "dagster_sqlite"
         with instance_from(REPO / "dagster.yaml", sqlite_home) as sqlite_instance:
             sqlite = run_overhead(sqlite_instance, ingest, warm, args.overhead_runs)
+        # dagster-postgres as configured: a new connection per storage call ...
+        unpooled = run_overhead(instance, ingest, warm, args.overhead_runs)
+        # ... and as `vibe-assets` uses it: connections kept open (vibe_assets.instance)
+        keep_connections(instance)
         postgres = run_overhead(instance, ingest, warm, args.overhead_runs)
         out["instance"] = "postgres"
         out["postgres_server"] = postgres_server
         out["run_overhead"] = {
             "sqlite": sqlite,
             "postgres": postgres,
+            "postgres_new_connection_per_call": unpooled,
             "postgres_minus_sqlite_seconds": round(
                 postgres["seconds_per_run"] - sqlite["seconds_per_run"], 3
             ),
