@@ -55,6 +55,9 @@ POOL_MAX_OVERFLOW = 10
 the CLI's waiting loop) write at once."""
 
 
+_KEPT = "_vibe_connections_kept"
+
+
 def keep_connections(instance: dg.DagsterInstance) -> dg.DagsterInstance:
     """Let ``instance``'s storages keep their database connections open for this process, as
     dagster-webserver does (``DagsterInstance.optimize_for_webserver``: a pool of one connection
@@ -62,14 +65,21 @@ def keep_connections(instance: dg.DagsterInstance) -> dg.DagsterInstance:
     PostgreSQL, dagster-postgres otherwise opens a new connection for every storage call
     (~45 per run); on SQLite this does nothing. Returns ``instance``.
 
+    Called by the CLI (:func:`get_instance`) and by the ``vibe_in_process`` executor, so runs
+    launched from the UI, the sensor or a schedule (a run worker process each) get it too; a
+    second call on the same instance does nothing.
+
     Raises:
         sqlalchemy.exc.OperationalError: the database cannot be reached (PostgreSQL).
     """
+    if getattr(instance, _KEPT, False):
+        return instance
     instance.optimize_for_webserver(
         statement_timeout=STATEMENT_TIMEOUT_MS,
         pool_recycle=POOL_RECYCLE_S,
         max_overflow=POOL_MAX_OVERFLOW,
     )
+    setattr(instance, _KEPT, True)
     return instance
 
 

@@ -131,7 +131,7 @@ def test_vibe_assets_keeps_its_connections_open(
     one open per storage (a QueuePool), so a run's ~45 events reuse it."""
     from sqlalchemy.pool import NullPool, QueuePool
 
-    from vibe_assets.instance import get_instance
+    from vibe_assets.instance import get_instance, keep_connections
 
     home = _postgres_home(tmp_path / "cli_home")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
@@ -147,6 +147,8 @@ def test_vibe_assets_keeps_its_connections_open(
         for _ in range(5):
             instance.event_log_storage.get_concurrency_keys()
         assert pool.checkedout() == 0 and pool.checkedin() == 1  # one connection, reused
+        # the executor's call (runs launched by the UI, sensor, schedule) changes nothing more
+        assert keep_connections(instance).event_log_storage._engine.pool is pool
     finally:
         instance.dispose()
 
