@@ -36,7 +36,7 @@
    check and the Qdrant diff) on the repository's ``dagster.yaml`` (SQLite) and on PostgreSQL,
    with events per run and milliseconds per event; PostgreSQL twice: as dagster-postgres opens
    it (``postgres_new_connection_per_call``) and with connections kept open as ``vibe-assets``
-   does (``postgres``, :func:`vibe_assets.instance.keep_connections`). The default
+   does (``postgres``, :func:`vibe_assets.instance.optimize_storage`). The default
    (``--instance sqlite``) is the
    temporary SQLite instance as before, without that comparison.
 
@@ -73,7 +73,7 @@ from vibe_assets.assets.previews import previewed_shas
 from vibe_assets.collections import CollectionSpec
 from vibe_assets.definitions import build_assets
 from vibe_assets.imaging.formats import read_head, sniff_format
-from vibe_assets.instance import keep_connections
+from vibe_assets.instance import optimize_storage
 from vibe_assets.partitions import PARTITIONS_NAME
 from vibe_assets.resources import (
     BlipResource,
@@ -85,39 +85,14 @@ from vibe_assets.resources import (
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 REPO = Path(__file__).resolve().parents[1]
-PG_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD")
 
 
-@contextlib.contextmanager
-def postgres_env() -> Iterator[str]:
-    """``DAGSTER_PG_*`` set in this process for a PostgreSQL database; yields what it is.
-
-    The server named by ``DAGSTER_PG_*`` when ``DAGSTER_PG_HOST`` is set (``DAGSTER_PG_DB``
-    must exist); else a private cluster on loopback (``vibe_assets_tests.pg_cluster``, Debian's
-    PostgreSQL binaries), deleted afterwards.
-
-    Raises:
-        PostgresUnavailable: no PostgreSQL server can be started here.
-    """
-    if os.environ.get("DAGSTER_PG_HOST"):
-        yield f"DAGSTER_PG_HOST={os.environ['DAGSTER_PG_HOST']}"
-        return
+def postgres_env() -> contextlib.AbstractContextManager[str]:
+    """:func:`vibe_assets_tests.pg_cluster.postgres_env` (the repository's test helper)."""
     sys.path.insert(0, str(REPO))
-    from vibe_assets_tests.pg_cluster import start_cluster
+    from vibe_assets_tests.pg_cluster import postgres_env as env
 
-    cluster = start_cluster(durable=True)
-    saved = {k: os.environ.get(k) for k in (*PG_VARS, "DAGSTER_PG_DB")}
-    try:
-        os.environ.update(cluster.env(cluster.create_database("bench")))
-        version = (cluster.bindir / "..").resolve().name
-        yield f"private PostgreSQL {version} on 127.0.0.1 (fsync on)"
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        cluster.stop()
+    return env()
 
 
 @contextlib.contextmanager
@@ -417,7 +392,7 @@ def _benchmark(
         # dagster-postgres as configured: a new connection per storage call ...
         unpooled = run_overhead(instance, ingest, warm, args.overhead_runs)
         # ... and as `vibe-assets` uses it: connections kept open (vibe_assets.instance)
-        keep_connections(instance)
+        optimize_storage(instance)
         postgres = run_overhead(instance, ingest, warm, args.overhead_runs)
         out["instance"] = "postgres"
         out["postgres_server"] = postgres_server

@@ -1,7 +1,10 @@
 """A photographer's whole library through the real ``qdrant_<collection>`` asset (issue 13).
 
 Usage: ``python benchmarks/library.py [--images 100000] [--folders 5000] [--engine edge|local]
-[--range 200] [--home DIR]``. Prints one JSON object.
+[--range 200] [--home DIR] [--instance sqlite|postgres]``. Prints one JSON object.
+``--instance postgres`` records the runs in Dagster on PostgreSQL (``dagster.postgres.yaml``;
+the server of ``DAGSTER_PG_*``, else a private one started on loopback), connections kept open
+as ``vibe-assets`` does.
 
 A synthetic library of ``--images`` images in ``--folders`` folders is written straight into a
 temporary ``VIBE_HOME``: registered folders, their listings (state database), decode outcomes
@@ -32,6 +35,7 @@ used here, on data this script wrote) for the side-by-side ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -84,8 +88,10 @@ def _resources(home: Path, engine: str) -> dict[str, Any]:
     }
 
 
-def setup(home: Path, images: int, folders: int) -> list[str]:
-    """Write the synthetic library; returns the folder partition keys in order."""
+def setup(home: Path, images: int, folders: int, instance: str = "sqlite") -> list[str]:
+    """Write the synthetic library; returns the folder partition keys in order. The Dagster
+    instance under ``home/dagster`` uses the repository's ``dagster.yaml`` (``sqlite``) or
+    ``dagster.postgres.yaml`` (``postgres``: ``DAGSTER_PG_*`` must be set)."""
     import dagster as dg
 
     from vibe_assets import state as state_db
@@ -150,7 +156,8 @@ def setup(home: Path, images: int, folders: int) -> list[str]:
         store.put_embeddings(model_id, ((_sha(start + k), vectors[k]) for k in range(n)))
     store.close()
     (home / "dagster").mkdir(exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster" / "dagster.yaml")
+    yaml_name = "dagster.postgres.yaml" if instance == "postgres" else "dagster.yaml"
+    shutil.copy(REPO / yaml_name, home / "dagster" / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
     return keys
@@ -180,12 +187,14 @@ def phase_sync(home: Path, engine: str, ranges: list[tuple[str, str]]) -> dict[s
 
     from vibe_assets.assets.qdrant import build_qdrant_asset
     from vibe_assets.collections import CollectionSpec
+    from vibe_assets.instance import optimize_storage
 
     warnings.filterwarnings("ignore")
     asset = build_qdrant_asset(CollectionSpec("photos", MODEL, WEIGHTS))
     resources = _resources(home, engine)
     seconds, sync_seconds, points = 0.0, 0.0, 0
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        optimize_storage(instance)  # as the CLI and the vibe_in_process executor do
         for first, last in ranges:
             result = dg.materialize(
                 [asset],
@@ -298,6 +307,12 @@ def main() -> None:
     parser.add_argument("--engine", choices=["edge", "local"], default="edge")
     parser.add_argument("--range", type=int, default=200, help="folders per range run")
     parser.add_argument("--home", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument(
+        "--instance",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="Dagster storage (postgres: the server of DAGSTER_PG_*, else a private one)",
+    )
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--args", default="{}", help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -313,11 +328,23 @@ def main() -> None:
             print(json.dumps(phase_query(home, opts.engine, extra["keys"])))
         return
 
+    with contextlib.ExitStack() as stack:
+        server = None
+        if opts.instance == "postgres":
+            sys.path.insert(0, str(REPO))
+            from vibe_assets_tests.pg_cluster import postgres_env
+
+            server = stack.enter_context(postgres_env())  # subprocesses inherit DAGSTER_PG_*
+        run_phases(opts, server)
+
+
+def run_phases(opts: argparse.Namespace, server: str | None) -> None:
+    """The phases of :func:`main` (see the module docstring); prints the JSON."""
     home = opts.home or Path(tempfile.mkdtemp(prefix="vibe-library-"))
     os.environ["VIBE_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
     t0 = time.perf_counter()
-    keys = setup(home, opts.images, opts.folders)
+    keys = setup(home, opts.images, opts.folders, opts.instance)
     setup_s = time.perf_counter() - t0
     ranges = [
         (keys[i], keys[min(i + opts.range, len(keys)) - 1]) for i in range(0, len(keys), opts.range)
@@ -337,6 +364,7 @@ def main() -> None:
         json.dumps(
             {
                 "engine": opts.engine,
+                "instance": server or "sqlite",
                 "images": opts.images,
                 "folders": opts.folders,
                 "range_folders": opts.range,

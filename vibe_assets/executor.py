@@ -44,7 +44,7 @@ from dagster._core.execution.step_dependency_config import StepDependencyConfig
 from dagster._core.executor.in_process import InProcessExecutor
 from dagster._utils.interrupts import check_captured_interrupt
 
-from vibe_assets.instance import keep_connections
+from vibe_assets.instance import optimize_storage
 from vibe_assets.runs import cancel_requested, cleanup_dead_runs, record_worker
 
 WAIT_LOG_SECONDS = 10.0
@@ -224,7 +224,7 @@ class VibeInProcessExecutor(InProcessExecutor):
         self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
     ) -> Iterator[DagsterEvent]:
         run_id = plan_context.run_id
-        keep_connections(plan_context.instance)  # PostgreSQL: one connection, not one per event
+        optimize_storage(plan_context.instance)  # PostgreSQL: one connection, not one per event
         worker = record_worker(plan_context.instance, run_id)
         yield DagsterEvent.engine_event(
             plan_context,

@@ -55,36 +55,54 @@ POOL_MAX_OVERFLOW = 10
 the CLI's waiting loop) write at once."""
 
 
-_KEPT = "_vibe_connections_kept"
+EVENT_BATCH_ENV = "DAGSTER_EVENT_BATCH_SIZE"
+EVENT_BATCH_SIZE = 200
+"""Events per write when the event log can store a batch at once (PostgreSQL): Dagster then
+writes a range run's per-partition materializations (one per folder) and its planned events in
+batches of this many (its ``DAGSTER_EVENT_BATCH_SIZE``, off by default) instead of one
+statement each."""
+_DONE = "_vibe_storage_optimized"
 
 
-def keep_connections(instance: dg.DagsterInstance) -> dg.DagsterInstance:
-    """Let ``instance``'s storages keep their database connections open for this process, as
-    dagster-webserver does (``DagsterInstance.optimize_for_webserver``: a pool of one connection
-    plus up to :data:`POOL_MAX_OVERFLOW`, recycled after :data:`POOL_RECYCLE_S` s). On
-    PostgreSQL, dagster-postgres otherwise opens a new connection for every storage call
-    (~45 per run); on SQLite this does nothing. Returns ``instance``.
+def optimize_storage(instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """Make ``instance``'s storages cheap per event for this process; returns ``instance``.
 
-    Called by the CLI (:func:`get_instance`) and by the ``vibe_in_process`` executor, so runs
-    launched from the UI, the sensor or a schedule (a run worker process each) get it too; a
-    second call on the same instance does nothing.
+    - Keep database connections open, as dagster-webserver does
+      (``DagsterInstance.optimize_for_webserver``: a pool of one connection plus up to
+      :data:`POOL_MAX_OVERFLOW`, recycled after :data:`POOL_RECYCLE_S` s). dagster-postgres
+      otherwise opens a new connection for every storage call (~45 per run).
+    - Where the event log stores a batch in one statement (dagster-postgres; SQLite's loops
+      over single writes), set Dagster's ``DAGSTER_EVENT_BATCH_SIZE`` to
+      :data:`EVENT_BATCH_SIZE` for this process unless it is set already: a range run over 200
+      folders then writes its 200 materializations in one batch.
+
+    On SQLite both do nothing. Called by the CLI (:func:`get_instance`) and by the
+    ``vibe_in_process`` executor, so runs launched from the UI, the sensor or a schedule (a run
+    worker process each) get it too; a second call on the same instance does nothing. Measured
+    by ``benchmarks/ingest.py --instance postgres`` and ``benchmarks/library.py --instance
+    postgres``.
 
     Raises:
         sqlalchemy.exc.OperationalError: the database cannot be reached (PostgreSQL).
     """
-    if getattr(instance, _KEPT, False):
+    from dagster._core.storage.event_log.base import EventLogStorage
+
+    if getattr(instance, _DONE, False):
         return instance
     instance.optimize_for_webserver(
         statement_timeout=STATEMENT_TIMEOUT_MS,
         pool_recycle=POOL_RECYCLE_S,
         max_overflow=POOL_MAX_OVERFLOW,
     )
-    setattr(instance, _KEPT, True)
+    storage = instance.event_log_storage
+    if type(storage).store_event_batch is not EventLogStorage.store_event_batch:
+        os.environ.setdefault(EVENT_BATCH_ENV, str(EVENT_BATCH_SIZE))
+    setattr(instance, _DONE, True)
     return instance
 
 
 def get_instance() -> dg.DagsterInstance:
     """The persistent instance at :func:`ensure_dagster_home` (runs show in ``dagster dev``),
-    keeping its connections open for this process (:func:`keep_connections`)."""
+    its storages tuned for this process (:func:`optimize_storage`)."""
     ensure_dagster_home()
-    return keep_connections(dg.DagsterInstance.get())
+    return optimize_storage(dg.DagsterInstance.get())

@@ -13,6 +13,7 @@ reads (:meth:`PostgresCluster.env`).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,3 +215,32 @@ def start_cluster(durable: bool = False) -> PostgresCluster:
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def postgres_env() -> Iterator[str]:
+    """``DAGSTER_PG_*`` set in this process for a PostgreSQL database; yields what it is.
+
+    The server named by ``DAGSTER_PG_*`` when ``DAGSTER_PG_HOST`` is set (``DAGSTER_PG_DB``
+    must exist); else a private cluster on loopback (Debian's
+    PostgreSQL binaries), deleted afterwards.
+
+    Raises:
+        PostgresUnavailable: no PostgreSQL server can be started here.
+    """
+    if os.environ.get("DAGSTER_PG_HOST"):
+        yield f"DAGSTER_PG_HOST={os.environ['DAGSTER_PG_HOST']}"
+        return
+    cluster = start_cluster(durable=True)
+    saved = {k: os.environ.get(k) for k in PG_ENV_VARS}
+    try:
+        os.environ.update(cluster.env(cluster.create_database("bench")))
+        version = (cluster.bindir / "..").resolve().name
+        yield f"private PostgreSQL {version} on 127.0.0.1 (fsync on)"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        cluster.stop()

@@ -151,3 +151,21 @@ def test_captions_mode_rejects_unknown_values() -> None:
     assert captions_mode("AUTO") == "auto" and captions_mode("") == "auto"
     with pytest.raises(ValueError, match="VIBE_CAPTIONS"):
         captions_mode("sometimes")
+
+
+def test_sqlite_instance_is_left_as_dagster_makes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """optimize_storage does nothing on SQLite: no pool, no batched event writes (SQLite's event
+    log would write a batch one event at a time anyway)."""
+    from vibe_assets.instance import get_instance
+
+    monkeypatch.setenv("VIBE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
+    instance = get_instance()
+    try:
+        assert "DAGSTER_EVENT_BATCH_SIZE" not in os.environ
+        assert instance.get_runs() == []
+    finally:
+        instance.dispose()

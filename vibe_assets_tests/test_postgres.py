@@ -124,18 +124,20 @@ def test_instance_is_postgres_with_pools_of_one(pg_instance: dg.DagsterInstance)
     assert pg_instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 300
 
 
-def test_vibe_assets_keeps_its_connections_open(
+def test_vibe_assets_keeps_connections_open_and_writes_events_in_batches(
     tmp_path: Path, pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """dagster-postgres opens a connection per storage call (NullPool); the CLI's instance keeps
-    one open per storage (a QueuePool), so a run's ~45 events reuse it."""
+    one open per storage (a QueuePool), so a run's ~45 events reuse it, and turns on Dagster's
+    batched event writes, which dagster-postgres stores in one statement."""
     from sqlalchemy.pool import NullPool, QueuePool
 
-    from vibe_assets.instance import get_instance, keep_connections
+    from vibe_assets.instance import EVENT_BATCH_SIZE, get_instance, optimize_storage
 
     home = _postgres_home(tmp_path / "cli_home")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("VIBE_HOME", str(tmp_path / "vibe_home"))
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
     with dg.DagsterInstance.from_config(str(home)) as plain:
         assert isinstance(plain.run_storage._engine.pool, NullPool)
     instance = get_instance()
@@ -143,12 +145,14 @@ def test_vibe_assets_keeps_its_connections_open(
         for storage in (instance.run_storage, instance.event_log_storage):
             assert isinstance(storage._engine.pool, QueuePool)
         assert instance.get_runs() == []  # usable: the statement timeout is set on connect
+        # a range run's per-folder materializations are written in batches (one INSERT each)
+        assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == str(EVENT_BATCH_SIZE)
         pool = instance.event_log_storage._engine.pool
         for _ in range(5):
             instance.event_log_storage.get_concurrency_keys()
         assert pool.checkedout() == 0 and pool.checkedin() == 1  # one connection, reused
         # the executor's call (runs launched by the UI, sensor, schedule) changes nothing more
-        assert keep_connections(instance).event_log_storage._engine.pool is pool
+        assert optimize_storage(instance).event_log_storage._engine.pool is pool
     finally:
         instance.dispose()
 
