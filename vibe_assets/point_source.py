@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from vibe_assets.imaging.phash import stored_phashes
 from vibe_assets.points import MakePoint, sync_folders
 from vibe_assets.state import StateDB
 from vibe_assets.vectors.base import Distance, VectorPoint, VectorStore, point_id
@@ -80,11 +79,6 @@ class PointSource:
             "captioned_at": stored["captioned_at"],
         }
 
-    def phash_for(self, sha: str) -> dict[str, str]:
-        """``{"phash": 16 hex digits}`` of an image whose preview hash is stored, else ``{}``."""
-        value = stored_phashes(self.store.state, [sha]).get(sha)
-        return {"phash": value} if value else {}
-
     def current(self, hashes: dict[str, Any]) -> dict[str, list[str]]:
         """``{sha256: paths}`` of a folder's images that have a preview (decoded)."""
         return {
@@ -110,7 +104,7 @@ class PointSource:
                 "width": info["width"],
                 "height": info["height"],
                 "format": info["format"],
-                **self.phash_for(sha),
+                **({"phash": info["phash"]} if info.get("phash") else {}),
                 "embed_model": self.model_id,
                 "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 **exif_payload(info.get("exif") or {}),

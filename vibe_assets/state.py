@@ -795,18 +795,19 @@ _PREVIEW_FIELDS = ("width", "height", "format", "decoder")
 
 def get_decode_outcome(db: StateDB, sha256: str) -> dict[str, Any] | None:
     """The decode outcome of these bytes: ``{"status": "preview", "width", "height", "format",
-    "decoder", "exif"}`` or ``{"status": "failure", "code", "message", "decoder"}`` (``decoder``
+    "decoder", "exif"}`` (plus ``"phash"``, 16 hex digits, once the preview's perceptual hash is
+    stored) or ``{"status": "failure", "code", "message", "decoder"}`` (``decoder``
     of a failure: the fingerprint of the decoding code that failed, None when unknown), or
     None. A row whose JSON does not parse reads as None (decoded again)."""
     with db.read() as conn:
         row = conn.execute(
-            "SELECT status, width, height, format, decoder, exif, code, message, fingerprint"
-            " FROM decode_outcomes WHERE sha256 = ?",
+            "SELECT status, width, height, format, decoder, exif, code, message, fingerprint,"
+            " phash FROM decode_outcomes WHERE sha256 = ?",
             (sha256,),
         ).fetchone()
     if row is None:
         return None
-    status, width, height, fmt, decoder, exif, code, message, fingerprint = row
+    status, width, height, fmt, decoder, exif, code, message, fingerprint, phash = row
     try:
         if status == "preview":
             return {
@@ -816,6 +817,7 @@ def get_decode_outcome(db: StateDB, sha256: str) -> dict[str, Any] | None:
                 "format": fmt,
                 "decoder": decoder,
                 "exif": json.loads(exif) if exif is not None else {},
+                **({"phash": phash} if phash else {}),
             }
         return {
             "status": status,

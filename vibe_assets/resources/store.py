@@ -232,7 +232,8 @@ class StoreResource(dg.ConfigurableResource):
     # -- per-image decode outcomes (state) and previews (cache) ---------------------------------
     def preview_info(self, sha256: str) -> dict[str, Any] | None:
         """Decode result of an image: ``{"width", "height" (pixels), "format", "decoder",
-        "exif"}`` (or None if not decoded, or if it failed).
+        "exif"}`` and ``"phash"`` once the preview's perceptual hash is stored (or None if not
+        decoded, or if it failed).
 
         A record without positive integer ``width``/``height`` and a string ``format`` (corrupt,
         or written by something else) reads as None, so the image is decoded again. The preview
