@@ -14,7 +14,7 @@ collections with it (:func:`rebuild_collection`), so both produce the same point
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ class _Store(Protocol):  # the parts of StoreResource used here
     @property
     def state(self) -> StateDB: ...
     def preview_info(self, sha256: str) -> dict[str, Any] | None: ...
+    def preview_infos(self, shas: Iterable[str]) -> dict[str, dict[str, Any]]: ...
     def get_embedding(self, model_id: str, sha256: str) -> Any: ...
     def get_caption(self, model_id: str, sha256: str) -> dict[str, str] | None: ...
     def folder_hashes(self, folder_key: str) -> dict[str, Any] | None: ...
@@ -66,26 +67,37 @@ class PointSource:
     model_id: str
     dim: int
     caption_model: str
+    # The folder being synced: preview records read in one query by current(), and captions
+    # read once (sync_folder and the point builder both ask); replaced by the next current().
+    _infos: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _captions: dict[str, dict[str, str] | None] = field(default_factory=dict, repr=False)
 
     def caption_for(self, sha: str) -> dict[str, str] | None:
         """The caption payload (``caption``, ``caption_model``, ``captioned_at``) of an image, or
         None when it has no stored caption from :attr:`caption_model`."""
+        if sha in self._captions:
+            return self._captions[sha]
         stored = self.store.get_caption(self.caption_model, sha)
-        if stored is None:
-            return None
-        return {
-            "caption": stored["text"],
-            "caption_model": self.caption_model,
-            "captioned_at": stored["captioned_at"],
-        }
+        caption = (
+            None
+            if stored is None
+            else {
+                "caption": stored["text"],
+                "caption_model": self.caption_model,
+                "captioned_at": stored["captioned_at"],
+            }
+        )
+        if sha in self._infos:  # an image of the current folder
+            self._captions[sha] = caption
+        return caption
 
     def current(self, hashes: dict[str, Any]) -> dict[str, list[str]]:
-        """``{sha256: paths}`` of a folder's images that have a preview (decoded)."""
-        return {
-            sha: paths
-            for sha, paths in paths_by_sha(hashes).items()
-            if self.store.preview_info(sha) is not None
-        }
+        """``{sha256: paths}`` of a folder's images that have a preview (decoded). Their preview
+        records are read in one query and kept for :meth:`point_builder` until the next call."""
+        by_sha = paths_by_sha(hashes)
+        self._infos = self.store.preview_infos(by_sha)
+        self._captions = {}
+        return {sha: paths for sha, paths in by_sha.items() if sha in self._infos}
 
     def point_builder(self, folder_key: str) -> MakePoint:
         """Builds the full point of a new image synced from partition ``folder_key`` from
@@ -93,7 +105,7 @@ class PointSource:
         embedding of shape (D,)."""
 
         def build(sha: str, paths: list[str], keys: list[str]) -> VectorPoint | None:
-            info = self.store.preview_info(sha)
+            info = self._infos.get(sha) or self.store.preview_info(sha)
             vector = self.store.get_embedding(self.model_id, sha)
             if info is None or vector is None or vector.shape != (self.dim,):
                 return None

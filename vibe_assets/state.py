@@ -793,20 +793,12 @@ def is_referenced(db: StateDB, sha256: str) -> bool:
 _PREVIEW_FIELDS = ("width", "height", "format", "decoder")
 
 
-def get_decode_outcome(db: StateDB, sha256: str) -> dict[str, Any] | None:
-    """The decode outcome of these bytes: ``{"status": "preview", "width", "height", "format",
-    "decoder", "exif"}`` (plus ``"phash"``, 16 hex digits, once the preview's perceptual hash is
-    stored) or ``{"status": "failure", "code", "message", "decoder"}`` (``decoder``
-    of a failure: the fingerprint of the decoding code that failed, None when unknown), or
-    None. A row whose JSON does not parse reads as None (decoded again)."""
-    with db.read() as conn:
-        row = conn.execute(
-            "SELECT status, width, height, format, decoder, exif, code, message, fingerprint,"
-            " phash FROM decode_outcomes WHERE sha256 = ?",
-            (sha256,),
-        ).fetchone()
-    if row is None:
-        return None
+_OUTCOME_COLUMNS = "status, width, height, format, decoder, exif, code, message, fingerprint, phash"
+
+
+def _outcome(row: tuple[Any, ...]) -> dict[str, Any] | None:
+    """A ``decode_outcomes`` row (:data:`_OUTCOME_COLUMNS`) as :func:`get_decode_outcome`
+    returns it; None when its JSON does not parse."""
     status, width, height, fmt, decoder, exif, code, message, fingerprint, phash = row
     try:
         if status == "preview":
@@ -827,6 +819,41 @@ def get_decode_outcome(db: StateDB, sha256: str) -> dict[str, Any] | None:
         }
     except ValueError:
         return None
+
+
+def get_decode_outcome(db: StateDB, sha256: str) -> dict[str, Any] | None:
+    """The decode outcome of these bytes: ``{"status": "preview", "width", "height", "format",
+    "decoder", "exif"}`` (plus ``"phash"``, 16 hex digits, once the preview's perceptual hash is
+    stored) or ``{"status": "failure", "code", "message", "decoder"}`` (``decoder`` of a
+    failure: the fingerprint of the decoding code that failed, None when unknown), or None. A
+    row whose JSON does not parse reads as None (decoded again)."""
+    with db.read() as conn:
+        row = conn.execute(
+            f"SELECT {_OUTCOME_COLUMNS} FROM decode_outcomes WHERE sha256 = ?", (sha256,)
+        ).fetchone()
+    return None if row is None else _outcome(row)
+
+
+def get_decode_outcomes(db: StateDB, shas: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """:func:`get_decode_outcome` of many images in one read, ``{sha256: outcome}`` (images
+    without a readable outcome are absent); one query per 500 SHA-256s."""
+    wanted = list(dict.fromkeys(shas))
+    out: dict[str, dict[str, Any]] = {}
+    with db.read() as conn:
+        for i in range(0, len(wanted), _OUTCOME_CHUNK):
+            chunk = wanted[i : i + _OUTCOME_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for sha, *row in conn.execute(
+                f"SELECT sha256, {_OUTCOME_COLUMNS} FROM decode_outcomes WHERE sha256 IN ({marks})",
+                chunk,
+            ):
+                outcome = _outcome(tuple(row))
+                if outcome is not None:
+                    out[sha] = outcome
+    return out
+
+
+_OUTCOME_CHUNK = 500
 
 
 def put_preview_outcome(db: StateDB, sha256: str, info: dict[str, Any]) -> None:

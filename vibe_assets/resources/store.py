@@ -240,18 +240,14 @@ class StoreResource(dg.ConfigurableResource):
         FILE may still be missing (evicted from the cache): see
         :func:`vibe_assets.assets.previews.needs_decode`.
         """
-        outcome = state_db.get_decode_outcome(self.state, sha256)
-        if outcome is None or outcome["status"] != "preview":
-            return None
-        info = {k: v for k, v in outcome.items() if k != "status"}
-        if not (
-            all(type(info.get(k)) is int and info[k] > 0 for k in ("width", "height"))
-            and isinstance(info.get("format"), str)
-            and isinstance(info.get("exif", {}), dict)
-        ):
-            log.warning("preview record of %s is malformed: it will be decoded again", sha256)
-            return None
-        return info
+        return _preview_info(sha256, state_db.get_decode_outcome(self.state, sha256))
+
+    def preview_infos(self, shas: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`preview_info` of many images in one read of the state database: ``{sha256:
+        info}`` of those that have one (one query per 500 images instead of one each)."""
+        outcomes = state_db.get_decode_outcomes(self.state, shas)
+        infos = {sha: _preview_info(sha, outcome) for sha, outcome in outcomes.items()}
+        return {sha: info for sha, info in infos.items() if info is not None}
 
     def decode_failure(self, sha256: str) -> dict[str, Any] | None:
         """Recorded content failure of these bytes: ``{"code", "message", "decoder"}`` (or
@@ -369,3 +365,18 @@ class StoreResource(dg.ConfigurableResource):
                 self.set_json(
                     self._caption_key(model_id, sha256), {"text": text, "captioned_at": now}
                 )
+
+
+def _preview_info(sha256: str, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The preview record of a decode outcome (see :meth:`StoreResource.preview_info`)."""
+    if outcome is None or outcome["status"] != "preview":
+        return None
+    info = {k: v for k, v in outcome.items() if k != "status"}
+    if not (
+        all(type(info.get(k)) is int and info[k] > 0 for k in ("width", "height"))
+        and isinstance(info.get("format"), str)
+        and isinstance(info.get("exif", {}), dict)
+    ):
+        log.warning("preview record of %s is malformed: it will be decoded again", sha256)
+        return None
+    return info
