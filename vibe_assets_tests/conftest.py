@@ -5,6 +5,7 @@ helpers to materialize the ingest chain in-process."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +46,20 @@ TINY_CLIP_CONFIG = {
     },
 }
 COLLECTION = "photos"
+
+
+@pytest.fixture(autouse=True)
+def _restore_dagster_event_batch_size() -> Iterator[None]:
+    """A test whose instance is on PostgreSQL sets Dagster's ``DAGSTER_EVENT_BATCH_SIZE`` for
+    the process (:func:`vibe_assets.instance.optimize_storage`); later tests get the value
+    they would have had on their own."""
+    name = "DAGSTER_EVENT_BATCH_SIZE"
+    before = os.environ.get(name)
+    yield
+    if before is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = before
 
 
 @pytest.fixture(scope="session")

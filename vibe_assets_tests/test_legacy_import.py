@@ -46,6 +46,9 @@ def write_old_layout(env: Env, probe_key: dict[str, Any]) -> dict[str, Any]:
     store = env.store
     keys = [f.key for f in store.registry.list()]
     before = state_snapshot(store, keys)
+    for info in before["previews"].values():  # the old layout had no perceptual hashes (they
+        if info is not None:  # are computed when duplicates are first grouped)
+            info.pop("phash", None)
     fingerprints = FolderFingerprints(store.state).rows()
     store.close()
     for suffix in ("", "-wal", "-shm"):
