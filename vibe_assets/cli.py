@@ -206,10 +206,14 @@ def _vector_errors() -> Iterator[None]:
 
 
 def _collection(name: str | None) -> Any:
-    """The configured collection called ``name`` (default: the first configured)."""
-    from vibe_assets.collections import load_collections
+    """The configured collection called ``name`` (default: the first configured); a usage
+    error (exit 2) when there is none or the collections file is invalid."""
+    from vibe_assets.collections import CollectionConfigError, load_collections
 
-    specs = load_collections()
+    try:
+        specs = load_collections()
+    except CollectionConfigError as exc:
+        _fail(str(exc))
     if name is None:
         return specs[0]
     for spec in specs:

@@ -37,19 +37,11 @@ def _say(message: str) -> None:
 
 
 def _collection(name: str | None) -> Any:
-    """The configured collection ``name`` (default: the first configured)."""
-    from vibe_assets.collections import CollectionConfigError, load_collections
+    """The configured collection ``name`` (default: the first configured): see
+    :func:`vibe_assets.cli._collection`."""
+    from vibe_assets.cli import _collection as collection
 
-    try:
-        specs = load_collections()
-    except CollectionConfigError as exc:
-        _fail(str(exc))
-    if name is None:
-        return specs[0]
-    for spec in specs:
-        if spec.name == name:
-            return spec
-    _fail(f"no configured collection {name!r}; configured: {[s.name for s in specs]}")
+    return collection(name)
 
 
 @click.group()
