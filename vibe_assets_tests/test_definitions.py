@@ -35,13 +35,13 @@ def test_definitions_load_with_partitioned_assets_jobs_and_schedule() -> None:
             assert dg.AssetKey("qdrant_photos") in node.parent_keys  # new folders make it stale
             continue
         assert node.partitions_def is not None and node.partitions_def.name == "photo_folder"
+        assert node.backfill_policy == dg.BackfillPolicy.multi_run(32)
     # Runs launched from the UI (__ASSET_JOB) and the jobs: one process per run.
     assert definitions.defs.resolve_implicit_global_asset_job_def().executor_def.name == (
         "vibe_in_process"
     )
     for job in ("ingest_job", "caption_job"):
         assert definitions.defs.resolve_job_def(job).executor_def.name == "vibe_in_process"
-        assert node.backfill_policy == dg.BackfillPolicy.multi_run(32)
     job = definitions.defs.resolve_job_def(definitions.INGEST_JOB)
     assert job.partitions_def is not None
     caption_job = definitions.defs.resolve_job_def(definitions.CAPTION_JOB)
