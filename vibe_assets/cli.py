@@ -591,28 +591,13 @@ def collections_list(as_json: bool) -> None:
     """Every collection in the vector store and every configured one: points, vector size,
     distance, engine (edge or server), model. JSON rows: name, configured, model, exists,
     engine, and for existing ones points, vector_size, distance, indexed_fields."""
-    from vibe_assets.collections import load_collections
+    from vibe_assets.collections import collection_rows, load_collections
     from vibe_assets.definitions import default_resources
 
-    configured = {spec.name: spec for spec in load_collections()}
     resources = default_resources()
-    rows = []
     with _vector_errors(), _open_vectors(resources) as vectors:
-        existing = {info.name: info for info in vectors.list_collections()}
-    for name in sorted(set(existing) | set(configured)):
-        spec = configured.get(name)
-        row: dict[str, Any] = {
-            "name": name,
-            "configured": spec is not None,
-            "model": f"{spec.model}/{spec.weights}" if spec else None,
-            "exists": name in existing,
-            "engine": resources["qdrant"].engine,
-        }
-        if name in existing:
-            info = existing[name].as_dict()
-            row.update((k, info[k]) for k in ("points", "vector_size", "distance"))
-            row["indexed_fields"] = info["indexed_fields"]
-        rows.append(row)
+        existing = vectors.list_collections()
+    rows = collection_rows(existing, load_collections(), resources["qdrant"].engine)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -106,6 +107,20 @@ def _sources(resources: dict[str, Any]) -> dict[str, Any]:
     return collection_point_sources(resources)
 
 
+def _progress(verb: str) -> Callable[[int, int], None]:
+    """A progress callback for :func:`apply_plan` / :func:`undo`: a line on stderr every 5 s
+    and at the end (large archives, or moves across file systems, take a while)."""
+    last = [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= 5.0:
+            last[0] = now
+            click.echo(f"{verb} {done}/{total} files", err=True)
+
+    return report
+
+
 def _refuse(message: str, problems: Sequence[str] = ()) -> None:
     click.echo(f"error: {message}", err=True)
     for problem in problems:
@@ -185,6 +200,7 @@ def _carry_out(
                 store.root,
                 sync=lambda keys: resync(vectors, state, sources, keys),
                 header={"snapshots": [s.as_dict() for s in taken]},
+                progress=_progress("moved"),
             )
         except MoveError as exc:
             _refuse(str(exc), exc.problems)
@@ -269,7 +285,12 @@ def undo_command(journal: str, as_json: bool) -> None:
     state = store.state
     with _vector_errors(), _open_vectors(resources) as vectors:
         try:
-            result = undo(path, state, sync=lambda keys: resync(vectors, state, sources, keys))
+            result = undo(
+                path,
+                state,
+                sync=lambda keys: resync(vectors, state, sources, keys),
+                progress=_progress("moved back"),
+            )
         except JournalError as exc:
             _fail(str(exc))
         except MoveError as exc:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vibe_assets.settings import (
     DEFAULT_CLIP_MODEL,
@@ -33,7 +35,7 @@ from vibe_assets.settings import (
     env_str,
     vibe_home,
 )
-from vibe_assets.vectors.base import Distance
+from vibe_assets.vectors.base import CollectionInfo, Distance
 
 _NAME_RE = re.compile(r"^[a-z0-9_]{1,48}$")
 DISTANCES = {"cosine": Distance.COSINE, "dot": Distance.DOT, "euclid": Distance.EUCLID}
@@ -130,3 +132,30 @@ def load_collections(path: Path | None = None) -> list[CollectionSpec]:
     if len(set(names)) != len(names):
         raise CollectionConfigError(f"{path}: collection names must be unique, got {names}")
     return specs
+
+
+def collection_rows(
+    existing: Iterable[CollectionInfo], configured: Iterable[CollectionSpec], engine: str
+) -> list[dict[str, Any]]:
+    """One row per collection that exists in the vector store or is configured, by name:
+    ``name``, ``configured``, ``model`` (``model/weights`` or None), ``exists``, ``engine``
+    and, for existing ones, ``points``, ``vector_size``, ``distance``, ``indexed_fields``
+    (``vibe-assets collections list --json`` and the web app's Collections page)."""
+    found = {info.name: info for info in existing}
+    specs = {spec.name: spec for spec in configured}
+    rows = []
+    for name in sorted(set(found) | set(specs)):
+        spec = specs.get(name)
+        row: dict[str, Any] = {
+            "name": name,
+            "configured": spec is not None,
+            "model": f"{spec.model}/{spec.weights}" if spec else None,
+            "exists": name in found,
+            "engine": engine,
+        }
+        if name in found:
+            info = found[name].as_dict()
+            row.update((k, info[k]) for k in ("points", "vector_size", "distance"))
+            row["indexed_fields"] = info["indexed_fields"]
+        rows.append(row)
+    return rows

@@ -674,7 +674,9 @@ def ensure_phashes(
     done = 0
     batch: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=workers or cpu_budget()) as pool:
-        for image, value in pool.map(work, todo):
+        for seen, (image, value) in enumerate(pool.map(work, todo), start=1):
+            if log and seen % 5000 == 0:
+                log(f"perceptual hashes: {seen}/{len(todo)} images")
             if value is None:
                 continue
             image.phash = value

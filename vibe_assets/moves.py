@@ -102,6 +102,8 @@ CHUNK_BYTES = 1 << 20
 Sync = Callable[[Sequence[str]], dict[str, dict[str, int]]]
 """Re-syncs folder partitions (keys) into every configured collection; returns ``{collection:
 counts}``. Build one with :func:`resync`."""
+Progress = Callable[[int, int], None]
+"""Called with (files moved so far, files to move) after each move, for a progress line."""
 Log = Callable[[str], None]
 
 
@@ -928,6 +930,7 @@ def apply_plan(
     home: str | Path,
     sync: Sync | None = None,
     header: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> ApplyResult:
     """Carry out ``plan`` (see the module docstring): check it, move every file (journaled,
     SHA-256 verified), then remove the moved paths from the listings and re-sync the affected
@@ -938,6 +941,7 @@ def apply_plan(
         sync: re-syncs folder keys into the collections (see :func:`resync`); None: the
             collections catch up at the next ingest of those folders.
         header: extra JSON fields for the journal's header (e.g. the snapshots taken).
+        progress: called with (files moved, files in the plan) after each move.
 
     Raises:
         MoveError: the plan is empty or refused (``problems``; nothing moved, no journal), or a
@@ -972,13 +976,16 @@ def apply_plan(
                         os.rmdir(folder)
                 raise
             done.append(item)
-            digest = file_sha256(move.dest)
+            # a copy was verified against the listing's SHA-256 while it was made
+            digest = file_sha256(move.dest) if method == "rename" else move.sha256
             if digest != move.sha256:
                 raise MoveError(
                     f"{move.source}: its bytes changed since it was hashed (SHA-256 "
                     f"{digest[:12]}…, the listing says {move.sha256[:12]}…); ingest it again"
                 )
             journal.write({**record, "state": "done", "method": method, "rows": rows})
+            if progress is not None:
+                progress(len(done), len(plan.moves))
     except BaseException as exc:
         failures = _roll_back(done, journal)
         status = "rollback_incomplete" if failures else "rolled_back"
@@ -1014,7 +1021,12 @@ class UndoResult:
     sync_error: str = ""
 
 
-def undo(journal_path: str | Path, state: StateDB, sync: Sync | None = None) -> UndoResult:
+def undo(
+    journal_path: str | Path,
+    state: StateDB,
+    sync: Sync | None = None,
+    progress: Progress | None = None,
+) -> UndoResult:
     """Move every file of a journal back where it was (newest first), byte-identical, restore
     its listing rows and re-sync the affected folders through ``sync`` (points come back from
     stored embeddings). Moves rolled back or undone before are left alone, so an interrupted
@@ -1024,6 +1036,7 @@ def undo(journal_path: str | Path, state: StateDB, sync: Sync | None = None) -> 
     still has the journal's SHA-256; nothing exists at the original path (never overwritten);
     both paths lie in the journal's registered folder, which is still registered and real; the
     folders are writable. A move whose files are both gone is reported in ``notes`` and skipped.
+    ``progress`` is called with (files moved back, files to move back) after each one.
 
     Raises:
         JournalError: not a readable journal.
@@ -1087,6 +1100,8 @@ def undo(journal_path: str | Path, state: StateDB, sync: Sync | None = None) -> 
             writer.write({**record, "state": "done", "time": _now()})
             archive_top = os.path.join(entry.start["root"], _archive_name(entry.start))
             _prune(os.path.dirname(archived), archive_top)
+            if progress is not None:
+                progress(len(moved), len(todo))
     except BaseException as exc:
         error = exc
     for entry in back:  # the journal records them as undone too

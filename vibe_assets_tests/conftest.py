@@ -4,6 +4,7 @@ helpers to materialize the ingest chain in-process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,10 +15,12 @@ from typing import Any
 
 import dagster as dg
 import pytest
+import yaml
 
 from vibe_assets.assets import blip_captions
 from vibe_assets.collections import CollectionSpec
 from vibe_assets.definitions import build_assets
+from vibe_assets.instance import INSTANCE_YAML
 from vibe_assets.partitions import PARTITIONS_NAME
 from vibe_assets.resources import (
     BlipResource,
@@ -217,8 +220,15 @@ def env(tmp_path: Path, tiny_clip_checkpoint: Path, tiny_blip_dir: Path) -> Iter
         "qdrant": VectorStoreResource(path=str(home / "vectors")),
     }
     collections = [CollectionSpec(COLLECTION, TINY_CLIP, str(tiny_clip_checkpoint))]
-    with dg.instance_for_test() as instance:
+    with repo_instance() as instance:
         yield Env(home, resources, instance, collections)
+
+
+def repo_instance() -> contextlib.AbstractContextManager[dg.DagsterInstance]:
+    """An ephemeral Dagster instance configured like the repository's ``dagster.yaml`` (pool
+    limits of 1 and run monitoring included; the text the CLI writes, kept equal to the file by
+    ``test_definitions``)."""
+    return dg.instance_for_test(overrides=yaml.safe_load(INSTANCE_YAML))
 
 
 def copy_samples(dest: Path, *names: str) -> Path:

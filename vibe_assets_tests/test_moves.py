@@ -170,7 +170,8 @@ def test_curate_archive_takes_a_snapshot_and_restore_brings_points_back(
     _run("collections", "restore", "photos", snapshot["id"], "--yes")
     assert china_sha in _paths_by_sha()  # the snapshot's points are back
 
-    _run("curate", "undo", Path(applied["journal"]).name)
+    undone = _run("curate", "undo", Path(applied["journal"]).name)
+    assert "moved back 1/1 files" in undone.stderr  # the progress line
     assert _sha(china) == china_sha and not archived.exists()
     _run("ingest", str(lib), "--quiet")  # reconciles the restored collection with the listings
     points = _paths_by_sha()

@@ -29,7 +29,7 @@ from vibe_assets.definitions import build_assets, default_resources
 from vibe_assets.partitions import PARTITIONS_NAME, folder_key, is_within
 from vibe_assets.resources import StoreResource
 from vibe_assets.settings import PHOTO_ROOTS_ENV, check_photo_roots, photo_roots
-from vibe_assets_tests.conftest import COLLECTION, Env
+from vibe_assets_tests.conftest import COLLECTION, Env, repo_instance
 
 
 def _photos(folder: Path, n: int = 2, seed: int = 0) -> Path:
@@ -98,7 +98,7 @@ def _ranges(requests: list[dg.RunRequest]) -> list[tuple[str, str]]:
 def light(tmp_path: Path) -> Iterator[Env]:
     """A temp VIBE_HOME with only the store, and an ephemeral instance (no models)."""
     home = tmp_path / "vibe_home"
-    with dg.instance_for_test() as instance:
+    with repo_instance() as instance:
         yield Env(home, {"store": StoreResource(home=str(home))}, instance, COLLECTIONS)
 
 
@@ -188,7 +188,7 @@ def test_several_new_folders_one_range_run_split_by_max_per_run(
     keys = [folder_key(f) for f in sorted(folders)]  # walk order: sorted names
     assert _ranges(ticker(light, [root]).tick()) == [(keys[0], keys[2])]
 
-    with dg.instance_for_test() as instance:  # the same library, another home, 2 per run
+    with repo_instance() as instance:  # the same library, another home, 2 per run
         store = StoreResource(home=str(tmp_path / "home2"))
         t = Ticker(instance, store, _sensor([root], max_per_run=2))
         assert _ranges(t.tick()) == [(keys[0], keys[1]), (keys[2], keys[2])]
@@ -304,7 +304,7 @@ def test_no_cursor_over_an_old_home_requests_every_folder_again(light: Env, root
     old = ticker(light, [root])
     first = old.tick()
     assert old.tick() == []
-    with dg.instance_for_test() as instance:  # a new Dagster instance, the same VIBE_HOME
+    with repo_instance() as instance:  # a new Dagster instance, the same VIBE_HOME
         t = Ticker(instance, light.store, old.sensor)
         again = t.tick()
         assert _ranges(again) == [(keys[0], keys[2])] and t.partitions == keys

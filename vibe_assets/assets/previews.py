@@ -22,6 +22,7 @@ from vibe_assets.imaging.decode import decode_photo, encode_preview, encode_thum
 from vibe_assets.imaging.errors import ErrorCode, PhotoError
 from vibe_assets.imaging.phash import phash_of_jpeg, store_phash
 from vibe_assets.partitions import photo_folder_partitions
+from vibe_assets.point_source import paths_by_sha
 from vibe_assets.report import failure_metadata, run_metadata
 from vibe_assets.resources.store import StoreResource
 from vibe_assets.runs import raise_if_cancelled
@@ -100,14 +101,6 @@ def require_hashes(store: StoreResource, key: str) -> dict[str, Any]:
             allow_retries=False,
         )
     return hashes
-
-
-def paths_by_sha(hashes: dict[str, Any]) -> dict[str, list[str]]:
-    """``{sha256: [paths...]}`` of one folder's hash listing (paths sorted)."""
-    out: dict[str, list[str]] = {}
-    for path, entry in hashes["files"].items():
-        out.setdefault(entry["sha256"], []).append(path)
-    return {sha: sorted(paths) for sha, paths in out.items()}
 
 
 def previewed_shas(store: StoreResource, partition_keys: list[str]) -> list[str]:

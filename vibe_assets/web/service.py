@@ -821,32 +821,18 @@ class WebService:
     def collection_rows(self) -> list[dict[str, Any]]:
         """Every collection in the store and every configured one (as ``vibe-assets
         collections list --json``), with the number of snapshots of each existing one."""
-        from vibe_assets.collections import load_collections
+        from vibe_assets.collections import collection_rows, load_collections
 
-        configured = {spec.name: spec for spec in load_collections()}
-        engine = self.resources["qdrant"].engine
         with self.vectors() as vectors:
-            existing = {info.name: info for info in vectors.list_collections()}
+            existing = vectors.list_collections()
             snapshots = {}
-            for name in existing:
+            for info in existing:
                 with contextlib.suppress(Exception):
-                    snapshots[name] = len(vectors.list_snapshots(name))
-        rows = []
-        for name in sorted(set(existing) | set(configured)):
-            spec = configured.get(name)
-            row: dict[str, Any] = {
-                "name": name,
-                "configured": spec is not None,
-                "model": f"{spec.model}/{spec.weights}" if spec else None,
-                "exists": name in existing,
-                "engine": engine,
-                "snapshots": snapshots.get(name),
-                "searched": name == self.spec.name,
-            }
-            if name in existing:
-                info = existing[name].as_dict()
-                row.update((k, info[k]) for k in ("points", "vector_size", "distance"))
-            rows.append(row)
+                    snapshots[info.name] = len(vectors.list_snapshots(info.name))
+        rows = collection_rows(existing, load_collections(), self.resources["qdrant"].engine)
+        for row in rows:
+            row["snapshots"] = snapshots.get(row["name"])
+            row["searched"] = row["name"] == self.spec.name
         return rows
 
     def snapshot(self, name: str) -> Any:
