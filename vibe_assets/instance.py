@@ -57,10 +57,10 @@ the CLI's waiting loop) write at once."""
 
 EVENT_BATCH_ENV = "DAGSTER_EVENT_BATCH_SIZE"
 EVENT_BATCH_SIZE = 200
-"""Events per write when the event log can store a batch at once (PostgreSQL): Dagster then
-writes a range run's per-partition materializations (one per folder) and its planned events in
-batches of this many (its ``DAGSTER_EVENT_BATCH_SIZE``, off by default) instead of one
-statement each."""
+"""Events per write when the event log can store a batch at once (PostgreSQL, and SQLite with
+:mod:`vibe_assets.event_log`): Dagster then writes a range run's per-partition materializations
+(one per folder) and its planned events in batches of this many (its
+``DAGSTER_EVENT_BATCH_SIZE``, off by default) instead of one write each."""
 _DONE = "_vibe_storage_optimized"
 
 
@@ -71,21 +71,26 @@ def optimize_storage(instance: dg.DagsterInstance) -> dg.DagsterInstance:
       (``DagsterInstance.optimize_for_webserver``: a pool of one connection plus up to
       :data:`POOL_MAX_OVERFLOW`, recycled after :data:`POOL_RECYCLE_S` s). dagster-postgres
       otherwise opens a new connection for every storage call (~45 per run).
-    - Where the event log stores a batch in one statement (dagster-postgres; SQLite's loops
-      over single writes), set Dagster's ``DAGSTER_EVENT_BATCH_SIZE`` to
-      :data:`EVENT_BATCH_SIZE` for this process unless it is set already: a range run over 200
-      folders then writes its 200 materializations in one batch.
+    - On SQLite (Dagster's ``SqliteEventLogStorage``, whose own ``store_event_batch`` writes
+      one event at a time), give this instance's event log batched asset-event writes
+      (:func:`vibe_assets.event_log.enable_batched_writes`).
+    - Where the event log stores a batch at once (dagster-postgres, or SQLite after the step
+      above), set Dagster's ``DAGSTER_EVENT_BATCH_SIZE`` to :data:`EVENT_BATCH_SIZE` for this
+      process unless it is set already: a range run over 200 folders then writes its 200
+      materializations in one batch.
 
-    On SQLite both do nothing. Called by the CLI (:func:`get_instance`) and by the
+    On SQLite the first does nothing. Called by the CLI (:func:`get_instance`) and by the
     ``vibe_in_process`` executor, so runs launched from the UI, the sensor or a schedule (a run
     worker process each) get it too; a second call on the same instance does nothing. Measured
-    by ``benchmarks/ingest.py --instance postgres`` and ``benchmarks/library.py --instance
-    postgres``.
+    by ``benchmarks/ingest.py`` and ``benchmarks/library.py`` (each with and without
+    ``--instance postgres``).
 
     Raises:
         sqlalchemy.exc.OperationalError: the database cannot be reached (PostgreSQL).
     """
     from dagster._core.storage.event_log.base import EventLogStorage
+
+    from vibe_assets.event_log import enable_batched_writes
 
     if getattr(instance, _DONE, False):
         return instance
@@ -95,7 +100,8 @@ def optimize_storage(instance: dg.DagsterInstance) -> dg.DagsterInstance:
         max_overflow=POOL_MAX_OVERFLOW,
     )
     storage = instance.event_log_storage
-    if type(storage).store_event_batch is not EventLogStorage.store_event_batch:
+    batched = enable_batched_writes(storage)  # SQLite: see vibe_assets.event_log
+    if batched or type(storage).store_event_batch is not EventLogStorage.store_event_batch:
         os.environ.setdefault(EVENT_BATCH_ENV, str(EVENT_BATCH_SIZE))
     setattr(instance, _DONE, True)
     return instance
