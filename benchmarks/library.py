@@ -18,6 +18,8 @@ of ``--range`` folders, each phase in a fresh subprocess (its peak RSS is its ow
   ``initial_sync_code_points_per_s``, points / the summed per-folder ``sync_seconds`` (the sync
   itself: state diff, point building, writes), which leaves out Dagster's bookkeeping in the
   step (one materialization event per folder written to the instance's event log);
+  ``initial_other_s_per_run``: the rest of a range run's step, (step - sync) seconds / runs
+  (opening and closing the store, the asset checks, Dagster's events);
 - ``unchanged_range_s``: the Qdrant step of one range run over ``--range`` unchanged folders
   (``unchanged_range_sync_code_s``: its folders' ``sync_seconds``);
 - ``ten_changed_s``: the Qdrant step of a run over the one folder where 10 files changed bytes;
@@ -373,6 +375,10 @@ def run_phases(opts: argparse.Namespace, server: str | None) -> None:
                 "initial_points_per_s": round(initial["points"] / initial["seconds"], 1),
                 "initial_sync_code_points_per_s": round(
                     initial["points"] / initial["sync_seconds"], 1
+                ),
+                "initial_runs": len(ranges),
+                "initial_other_s_per_run": round(
+                    (initial["seconds"] - initial["sync_seconds"]) / len(ranges), 3
                 ),
                 "unchanged_range_sync_code_s": unchanged["sync_seconds"],
                 "unchanged_range_s": unchanged["seconds"],

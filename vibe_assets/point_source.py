@@ -13,6 +13,7 @@ collections with it (:func:`rebuild_collection`), so both produce the same point
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +30,15 @@ class _Store(Protocol):  # the parts of StoreResource used here
     def preview_info(self, sha256: str) -> dict[str, Any] | None: ...
     def preview_infos(self, shas: Iterable[str]) -> dict[str, dict[str, Any]]: ...
     def get_embedding(self, model_id: str, sha256: str) -> Any: ...
+    def get_embeddings(self, model_id: str, shas: Iterable[str]) -> dict[str, Any]: ...
     def get_caption(self, model_id: str, sha256: str) -> dict[str, str] | None: ...
+    def get_captions(self, model_id: str, shas: Iterable[str]) -> dict[str, dict[str, str]]: ...
     def folder_hashes(self, folder_key: str) -> dict[str, Any] | None: ...
+
+
+READ_AHEAD = 1_000
+"""Embeddings the point builder reads per query ((D,) float32 each: 2 KiB at D = 512), so a
+folder of any size costs one query per thousand new points and a bounded amount of memory."""
 
 
 def exif_payload(exif: dict[str, Any]) -> dict[str, Any]:
@@ -67,37 +75,55 @@ class PointSource:
     model_id: str
     dim: int
     caption_model: str
-    # The folder being synced: preview records read in one query by current(), and captions
-    # read once (sync_folder and the point builder both ask); replaced by the next current().
+    # The folder being synced, replaced by the next current(): its preview records and
+    # captions (read in bulk by current()), its images in order, and the embeddings read ahead
+    # for the point builder (images [_ahead_from, _ahead_to) of _order).
     _infos: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _captions: dict[str, dict[str, str] | None] = field(default_factory=dict, repr=False)
+    _order: list[str] = field(default_factory=list, repr=False)
+    _vectors: dict[str, Any] = field(default_factory=dict, repr=False)
+    _ahead: tuple[int, int] = (0, 0)
+
+    def _caption_payload(self, stored: dict[str, str] | None) -> dict[str, str] | None:
+        if stored is None:
+            return None
+        return {
+            "caption": stored["text"],
+            "caption_model": self.caption_model,
+            "captioned_at": stored["captioned_at"],
+        }
 
     def caption_for(self, sha: str) -> dict[str, str] | None:
         """The caption payload (``caption``, ``caption_model``, ``captioned_at``) of an image, or
         None when it has no stored caption from :attr:`caption_model`."""
         if sha in self._captions:
             return self._captions[sha]
-        stored = self.store.get_caption(self.caption_model, sha)
-        caption = (
-            None
-            if stored is None
-            else {
-                "caption": stored["text"],
-                "caption_model": self.caption_model,
-                "captioned_at": stored["captioned_at"],
-            }
-        )
-        if sha in self._infos:  # an image of the current folder
-            self._captions[sha] = caption
-        return caption
+        return self._caption_payload(self.store.get_caption(self.caption_model, sha))
 
     def current(self, hashes: dict[str, Any]) -> dict[str, list[str]]:
         """``{sha256: paths}`` of a folder's images that have a preview (decoded). Their preview
-        records are read in one query and kept for :meth:`point_builder` until the next call."""
+        records and captions are read in bulk and kept for :meth:`caption_for` and
+        :meth:`point_builder` until the next call."""
         by_sha = paths_by_sha(hashes)
         self._infos = self.store.preview_infos(by_sha)
-        self._captions = {}
+        stored = self.store.get_captions(self.caption_model, self._infos)
+        self._captions = {sha: self._caption_payload(stored.get(sha)) for sha in self._infos}
+        self._order = sorted(self._infos)
+        self._vectors, self._ahead = {}, (0, 0)
         return {sha: paths for sha, paths in by_sha.items() if sha in self._infos}
+
+    def _embedding(self, sha: str) -> Any:
+        """The stored embedding of ``sha`` (or None). For an image of the current folder, the
+        next :data:`READ_AHEAD` images' embeddings (in SHA-256 order, the order
+        :func:`~vibe_assets.points.sync_folder` builds points in) are read in one query."""
+        if sha not in self._infos:
+            return self.store.get_embedding(self.model_id, sha)
+        at = bisect.bisect_left(self._order, sha)
+        if not self._ahead[0] <= at < self._ahead[1]:
+            self._ahead = (at, at + READ_AHEAD)
+            window = self._order[at : at + READ_AHEAD]
+            self._vectors = self.store.get_embeddings(self.model_id, window)
+        return self._vectors.get(sha)  # None: read ahead, it has none
 
     def point_builder(self, folder_key: str) -> MakePoint:
         """Builds the full point of a new image synced from partition ``folder_key`` from
@@ -106,7 +132,7 @@ class PointSource:
 
         def build(sha: str, paths: list[str], keys: list[str]) -> VectorPoint | None:
             info = self._infos.get(sha) or self.store.preview_info(sha)
-            vector = self.store.get_embedding(self.model_id, sha)
+            vector = self._embedding(sha)
             if info is None or vector is None or vector.shape != (self.dim,):
                 return None
             payload = {

@@ -65,3 +65,38 @@ def test_atomic_write_leaves_no_partial_file(
         atomic_write(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in target.parent.iterdir()] == ["b.jpg"]
+
+
+def test_bulk_reads_equal_single_reads(tmp_path: Path) -> None:
+    """get_embeddings/get_captions (one query per 500 keys) give what get_embedding/get_caption
+    give one at a time: corrupt, pickled, expired and missing entries are absent; a value kept
+    in its own file (a large entry) is read back too; nothing pickled is loaded."""
+    import diskcache
+
+    marker = tmp_path / "pwned"
+    with diskcache.Cache(str(tmp_path / "cache")) as raw:
+        raw.set("embedding/m/pickled", Boom(str(marker)))
+    store = StoreResource(home=str(tmp_path))
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(1200, 16)).astype(np.float32)  # > 2 queries of 500
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    shas = [f"{i:064x}" for i in range(len(vectors))]
+    store.put_embeddings("m", zip(shas, vectors, strict=True))
+    store.cache.set("embedding/m/odd", b"abc")
+    store.cache.set("embedding/m/expired", vectors[0].tobytes(), expire=-1)
+    big = rng.normal(size=20_000).astype(np.float32)  # 80 kB: diskcache keeps it in a file
+    store.put_embeddings("m", [("big", big / np.linalg.norm(big))])
+    store.put_captions("blip", [(shas[1], "a bird"), (shas[7], "a boat")])
+    store.cache.set("caption/blip/broken", "{not json")
+
+    asked = [*shas, "odd", "expired", "big", "pickled", "absent", shas[3]]
+    got = store.get_embeddings("m", asked)
+    assert sorted(got) == sorted([*shas, "big"])
+    for sha in got:
+        np.testing.assert_array_equal(got[sha], store.get_embedding("m", sha))
+    assert not marker.exists()
+    assert "embedding/m/pickled" not in store.cache  # dropped, as get_embedding does
+    captions = store.get_captions("blip", [*shas, "broken"])
+    assert captions == {s: store.get_caption("blip", s) for s in (shas[1], shas[7])}
+    assert captions[shas[1]]["text"] == "a bird"
+    assert store.get_embeddings("m", []) == {} and store.get_captions("other", shas) == {}

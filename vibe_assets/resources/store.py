@@ -45,6 +45,7 @@ from vibe_assets.cache import (
     UnsafeCacheEntry,
     collect_unreferenced_previews,
     drop_preview,
+    get_many,
     open_cache,
     preview_files,
     register_preview,
@@ -77,6 +78,37 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _unit_vector(key: str, raw: Any) -> np.ndarray | None:
+    """The embedding stored as ``raw`` under ``key``: (D,) float32 when it is a unit vector,
+    else None (logged when something else is there: garbage, truncated, NaN)."""
+    if raw is None:
+        return None
+    if isinstance(raw, bytes) and len(raw) and len(raw) % 4 == 0:
+        vector = np.frombuffer(raw, dtype=np.float32)
+        with np.errstate(all="ignore"):
+            norm = float(np.linalg.norm(vector.astype(np.float64)))
+        if abs(norm - 1.0) <= UNIT_NORM_TOLERANCE:  # False for NaN and inf
+            return vector
+    log.warning("cache entry %s is not a unit float32 vector: it will be recomputed", key)
+    return None
+
+
+def _json_of(key: str, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        log.warning("cache entry %s is not valid JSON: ignoring it", key)
+        return None
+
+
+def _caption_doc(doc: Any) -> dict[str, str] | None:
+    if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+        return None
+    return doc
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -170,16 +202,16 @@ class StoreResource(dg.ConfigurableResource):
             self.cache.delete(key)
             return None
 
+    def _get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        found, unsafe = get_many(self.cache, keys)
+        for key in unsafe:
+            log.warning("cache entry %s is pickled (not written by vibe_assets): ignoring it", key)
+            self.cache.delete(key)
+        return found
+
     def get_json(self, key: str) -> Any:
         """JSON document cached under ``key``; None when missing, unreadable or unsafe."""
-        raw = self._get(key)
-        if not isinstance(raw, str):
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            log.warning("cache entry %s is not valid JSON: ignoring it", key)
-            return None
+        return _json_of(key, self._get(key))
 
     def set_json(self, key: str, value: Any) -> None:
         """Cache ``value`` (JSON-serialisable) under ``key`` (recomputable data only: it can be
@@ -318,17 +350,19 @@ class StoreResource(dg.ConfigurableResource):
         buffer, NaN) reads as None, so the image is embedded again.
         """
         key = self._embedding_key(model_id, sha256)
-        raw = self._get(key)
-        if raw is None:
-            return None
-        if isinstance(raw, bytes) and len(raw) and len(raw) % 4 == 0:
-            vector = np.frombuffer(raw, dtype=np.float32)
-            with np.errstate(all="ignore"):
-                norm = float(np.linalg.norm(vector.astype(np.float64)))
-            if abs(norm - 1.0) <= UNIT_NORM_TOLERANCE:  # False for NaN and inf
-                return vector
-        log.warning("cache entry %s is not a unit float32 vector: it will be recomputed", key)
-        return None
+        return _unit_vector(key, self._get(key))
+
+    def get_embeddings(self, model_id: str, shas: Iterable[str]) -> dict[str, np.ndarray]:
+        """:meth:`get_embedding` of many images at once (:func:`vibe_assets.cache.get_many`: one
+        query per 500 instead of one each): ``{sha256: (D,) float32}`` of those that have a
+        valid one."""
+        keys = {self._embedding_key(model_id, sha): sha for sha in shas}
+        out = {}
+        for key, raw in self._get_many(keys).items():
+            vector = _unit_vector(key, raw)
+            if vector is not None:
+                out[keys[key]] = vector
+        return out
 
     def has_embedding(self, model_id: str, sha256: str) -> bool:
         """True when a valid embedding of ``sha256`` by ``model_id`` is stored (see
@@ -348,10 +382,18 @@ class StoreResource(dg.ConfigurableResource):
 
     def get_caption(self, model_id: str, sha256: str) -> dict[str, str] | None:
         """Stored caption ``{"text", "captioned_at" (ISO 8601 UTC)}`` by ``model_id``, or None."""
-        doc = self.get_json(self._caption_key(model_id, sha256))
-        if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-            return None
-        return doc
+        return _caption_doc(self.get_json(self._caption_key(model_id, sha256)))
+
+    def get_captions(self, model_id: str, shas: Iterable[str]) -> dict[str, dict[str, str]]:
+        """:meth:`get_caption` of many images at once (one query per 500): ``{sha256:
+        {"text", "captioned_at"}}`` of those that have one."""
+        keys = {self._caption_key(model_id, sha): sha for sha in shas}
+        out = {}
+        for key, raw in self._get_many(keys).items():
+            doc = _caption_doc(_json_of(key, raw))
+            if doc is not None:
+                out[keys[key]] = doc
+        return out
 
     def has_caption(self, model_id: str, sha256: str) -> bool:
         """True when ``sha256`` has a caption by ``model_id``."""

@@ -32,6 +32,7 @@ the server); the embedded engine copies the collection's shard folder while it h
 from __future__ import annotations
 
 import abc
+import functools
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,8 +51,10 @@ READ_BATCH = 1000  # ids per retrieve / delete request, points per scroll page (
 UPSERT_BATCH = 256  # points per upsert request
 
 
+@functools.lru_cache(maxsize=1 << 15)
 def point_id(sha256: str) -> str:
-    """Point id of an image: UUID5 of its SHA-256 hex digest (idempotent upserts)."""
+    """Point id of an image: UUID5 of its SHA-256 hex digest (idempotent upserts). Memoised
+    for the last 32,768 images (~10 MB): a sync asks for each new image's id three times."""
     return str(uuid.uuid5(POINT_NAMESPACE, sha256))
 
 
