@@ -36,9 +36,11 @@ class _Store(Protocol):  # the parts of StoreResource used here
     def folder_hashes(self, folder_key: str) -> dict[str, Any] | None: ...
 
 
-READ_AHEAD = 1_000
-"""Embeddings the point builder reads per query ((D,) float32 each: 2 KiB at D = 512), so a
-folder of any size costs one query per thousand new points and a bounded amount of memory."""
+READ_AHEAD = (64, 1_000)
+"""Embeddings the point builder reads per query ((D,) float32 each: 2 KiB at D = 512): 64, and
+twice as many as the last read (up to 1,000) when the builder asks for the image right after
+it. A folder of new images then costs one query per thousand points and bounded memory, and a
+few new images in a large folder read 64 each."""
 
 
 def exif_payload(exif: dict[str, Any]) -> dict[str, Any]:
@@ -76,13 +78,14 @@ class PointSource:
     dim: int
     caption_model: str
     # The folder being synced, replaced by the next current(): its preview records and
-    # captions (read in bulk by current()), its images in order, and the embeddings read ahead
-    # for the point builder (images [_ahead_from, _ahead_to) of _order).
+    # captions (read in bulk by current()), its images in order, the embeddings read ahead for
+    # the point builder (images _ahead[0] to _ahead[1] - 1 of _order) and the last read's size.
     _infos: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _captions: dict[str, dict[str, str] | None] = field(default_factory=dict, repr=False)
     _order: list[str] = field(default_factory=list, repr=False)
     _vectors: dict[str, Any] = field(default_factory=dict, repr=False)
     _ahead: tuple[int, int] = (0, 0)
+    _last_read: int = 0
 
     def _caption_payload(self, stored: dict[str, str] | None) -> dict[str, str] | None:
         if stored is None:
@@ -109,20 +112,23 @@ class PointSource:
         stored = self.store.get_captions(self.caption_model, self._infos)
         self._captions = {sha: self._caption_payload(stored.get(sha)) for sha in self._infos}
         self._order = sorted(self._infos)
-        self._vectors, self._ahead = {}, (0, 0)
+        self._vectors, self._ahead, self._last_read = {}, (0, 0), 0
         return {sha: paths for sha, paths in by_sha.items() if sha in self._infos}
 
     def _embedding(self, sha: str) -> Any:
-        """The stored embedding of ``sha`` (or None). For an image of the current folder, the
-        next :data:`READ_AHEAD` images' embeddings (in SHA-256 order, the order
-        :func:`~vibe_assets.points.sync_folder` builds points in) are read in one query."""
+        """The stored embedding of ``sha`` (or None). For an image of the current folder, it
+        and the images after it (in SHA-256 order, the order
+        :func:`~vibe_assets.points.sync_folder` builds points in) are read in one query, as
+        many as :data:`READ_AHEAD` says."""
         if sha not in self._infos:
             return self.store.get_embedding(self.model_id, sha)
         at = bisect.bisect_left(self._order, sha)
         if not self._ahead[0] <= at < self._ahead[1]:
-            self._ahead = (at, at + READ_AHEAD)
-            window = self._order[at : at + READ_AHEAD]
-            self._vectors = self.store.get_embeddings(self.model_id, window)
+            sequential = at == self._ahead[1]  # right after the last read: read more next
+            size = min(2 * self._last_read, READ_AHEAD[1]) if sequential else 0
+            size = max(size, READ_AHEAD[0])
+            self._last_read, self._ahead = size, (at, at + size)
+            self._vectors = self.store.get_embeddings(self.model_id, self._order[at : at + size])
         return self._vectors.get(sha)  # None: read ahead, it has none
 
     def point_builder(self, folder_key: str) -> MakePoint:

@@ -56,7 +56,8 @@ def _library(home: Path, images: int, without_embedding: set[int]) -> tuple[Stor
 def test_a_large_folder_reads_embeddings_ahead_in_bulk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    images, missing = 2 * READ_AHEAD + 500, {5, READ_AHEAD + 1, 2 * READ_AHEAD + 499}
+    first, most = READ_AHEAD
+    images, missing = 2 * most + 500, {5, most + 1, 2 * most + 499}
     store, key = _library(tmp_path, images, missing)
     calls: Counter[str] = Counter()
     for name in ("get_embedding", "get_embeddings", "get_caption", "get_captions"):
@@ -76,19 +77,28 @@ def test_a_large_folder_reads_embeddings_ahead_in_bulk(
     )
     assert result.counts["upserted"] == images - len(missing)
     assert result.counts["skipped"] == len(missing)
-    # three windows of READ_AHEAD images, one caption query; nothing read one at a time
-    assert calls == Counter(get_embeddings=3, get_captions=1)
+    # reads of 64, 128, 256, 512, 1000, 1000 images; one caption query; nothing one at a time
+    assert first == 64 and most == 1000
+    assert calls == Counter(get_embeddings=6, get_captions=1)
     assert vectors.count("photos") == images - len(missing)
-    for i in (0, 3, READ_AHEAD, images - 2):
+    for i in (0, 3, most, images - 2):
         sha = f"{i:064x}"
         [point] = vectors.retrieve("photos", [point_id(sha)], with_payload=True, with_vectors=True)
         np.testing.assert_allclose(point.vector, store.get_embedding("clip", sha), atol=1e-6)
         assert point.payload["iso"] == 100 + i and point.payload["folder_keys"] == [key]
     [heron] = vectors.retrieve("photos", [point_id(f"{3:064x}")], with_payload=True)
     assert heron.payload["caption"] == "a heron" and heron.payload["caption_model"] == "blip"
+    # a few new images in a large folder: a short read each
+    calls.clear()
+    build = source.point_builder(key)
+    for i in (100, 900, 1700):
+        assert build(f"{i:064x}", ["/x"], [key]) is not None
+    assert calls == Counter(get_embeddings=3)
+    assert len(source._vectors) == first
     # a second build of the same image (a sync retried after reconciling) gets it again
     build = source.point_builder(key)
     assert build(f"{7:064x}", ["/x"], [key]) is not None
+    assert build(f"{1500:064x}", ["/x"], [key]) is not None  # out of order: read again
     assert build(f"{5:064x}", ["/x"], [key]) is None  # read ahead: it has no embedding
     vectors.close()
     store.close()
