@@ -6,6 +6,7 @@ that engine."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -441,6 +442,29 @@ def test_edge_snapshot_is_consistent_while_points_are_written(tmp_path: Path) ->
     store.restore_snapshot("photos", info.id)
     assert store.count("photos") == 300
     store.close()
+
+
+def test_edge_collections_keep_vectors_memory_mapped(tmp_path: Path) -> None:
+    """A new embedded collection keeps its vectors in memory-mapped files (``Cold``), not read
+    into RAM at every open, in its config and in every segment; its vectors read back exact."""
+    store = EdgeVectorStore(tmp_path / "vectors")
+    store.ensure_collection("photos", DIM, Distance.COSINE)
+    points = make_points(300)
+    store.upsert("photos", points)
+    store.close()
+    folder = tmp_path / "vectors" / "photos"
+    config = json.loads((folder / "edge_config.json").read_text())
+    assert config["vectors"][""]["memory"] == "cold"
+    kinds = {
+        json.loads(p.read_text())["config"]["vector_data"][""]["storage_type"]
+        for p in folder.glob("segments/*/segment.json")
+    }
+    assert kinds == {"ChunkedMmap"}
+    again = EdgeVectorStore(tmp_path / "vectors")
+    got = {p.id: p.vector for p in again.retrieve("photos", [p.id for p in points], False, True)}
+    for point in points:
+        np.testing.assert_array_equal(np.asarray(got[point.id], np.float32), point.vector)
+    again.close()
 
 
 def test_server_snapshot_requests(tmp_path: Path) -> None:
