@@ -158,6 +158,28 @@ def _schema_version(db: sqlite3.Connection) -> int:
     return int(version)
 
 
+def switch_to_wal(conn: sqlite3.Connection, timeout_seconds: float) -> str:
+    """Run ``PRAGMA journal_mode = WAL`` on ``conn``, retrying for up to ``timeout_seconds``
+    while the database is locked; returns the journal mode SQLite reports.
+
+    Two processes opening a new database at once both read it, then both need an exclusive
+    lock to switch it to WAL. SQLite then answers one of them "database is locked" at once,
+    without waiting out the busy timeout (it would otherwise deadlock; see "busy handler" in
+    https://www.sqlite.org/c3ref/busy_handler.html), so the switch is tried again.
+
+    Raises:
+        sqlite3.OperationalError: still locked after ``timeout_seconds``, or another error.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 class StateDB:
     """One SQLite state database (see the module docstring), safe to share between threads
     (one connection, a lock around each transaction) and processes (WAL, busy timeout).
@@ -206,7 +228,7 @@ class StateDB:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_seconds * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = switch_to_wal(conn, self.busy_timeout_seconds)
             if str(mode).lower() != "wal":
                 raise StateError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never torn

@@ -314,3 +314,30 @@ def test_two_processes_writing_at_once_never_fail(tmp_path: Path) -> None:
     assert counts["decode_outcomes"] == counts["sensor_folders"] == 2 * 150
     assert (home / "registry.sqlite3.imported").is_file()
     assert json.loads(json.dumps(state.get_meta("legacy_import")))["cleaned"] is True
+
+
+def test_switching_to_wal_is_retried_while_another_process_holds_the_lock() -> None:
+    """SQLite answers "database is locked" at once (no busy wait) to one of two processes that
+    switch a new database to WAL together; the switch is tried again until the timeout."""
+    from vibe_assets.state import switch_to_wal
+
+    class Flaky:
+        def __init__(self, failures: int, message: str = "database is locked") -> None:
+            self.failures, self.message, self.calls = failures, message, 0
+
+        def execute(self, sql: str) -> Any:
+            assert sql == "PRAGMA journal_mode = WAL"
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise sqlite3.OperationalError(self.message)
+            return sqlite3.connect(":memory:").execute("SELECT 'wal'")
+
+    conn = Flaky(failures=3)
+    assert switch_to_wal(conn, timeout_seconds=5) == "wal"  # type: ignore[arg-type]
+    assert conn.calls == 4
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        switch_to_wal(Flaky(failures=1000), timeout_seconds=0.2)  # type: ignore[arg-type]
+    other = Flaky(failures=1, message="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        switch_to_wal(other, timeout_seconds=5)  # type: ignore[arg-type]
+    assert other.calls == 1
