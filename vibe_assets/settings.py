@@ -74,6 +74,20 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def env_choice(name: str, choices: tuple[str, ...], raw: str | None = None) -> str:
+    """``raw`` (default: the environment variable ``name``), trimmed and lower-cased, one of
+    ``choices``; unset or empty gives ``choices[0]``.
+
+    Raises:
+        ValueError: another value (the message names the variable and the choices).
+    """
+    value = (raw if raw is not None else env_str(name, choices[0])).strip().lower() or choices[0]
+    if value not in choices:
+        allowed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
 def env_float(name: str, default: float) -> float:
     """Float environment variable (e.g. seconds).
 
@@ -138,10 +152,7 @@ def captions_mode(raw: str | None = None) -> str:
     Raises:
         ValueError: another value (the message names the variable).
     """
-    mode = (raw if raw is not None else env_str(CAPTIONS_ENV, "auto")).strip().lower() or "auto"
-    if mode not in CAPTION_MODES:
-        raise ValueError(f"{CAPTIONS_ENV} must be auto, on or off, got {mode!r}")
-    return mode
+    return env_choice(CAPTIONS_ENV, CAPTION_MODES, raw)
 
 
 def decide_captions(

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from vibe_assets.settings import cpu_budget, env_str
+from vibe_assets.settings import cpu_budget, env_choice
 
 if TYPE_CHECKING:
     from vibe_assets.resources.clip import ClipResource
@@ -572,10 +572,7 @@ def encoder_mode(raw: str | None = None) -> str:
     Raises:
         ValueError: another value (the message names the variable).
     """
-    mode = (raw if raw is not None else env_str(ENCODER_ENV, "auto")).strip().lower() or "auto"
-    if mode not in ENCODER_MODES:
-        raise ValueError(f"{ENCODER_ENV} must be auto or torch, got {mode!r}")
-    return mode
+    return env_choice(ENCODER_ENV, ENCODER_MODES, raw)
 
 
 def open_text_encoder(

@@ -65,6 +65,38 @@ def _restore_dagster_event_batch_size() -> Iterator[None]:
         os.environ[name] = before
 
 
+MACHINE_SETTINGS = (
+    "QDRANT_URL",
+    "QDRANT_API_KEY",
+    "VIBE_COLLECTION",
+    "VIBE_COLLECTIONS_FILE",
+    "VIBE_TEXT_ENCODER",
+    "VIBE_API_KEY",
+    "VIBE_PHOTO_ROOTS",
+    "VIBE_WEB_URL",
+)
+"""Settings a developer's shell may hold that no test should inherit."""
+
+
+def use_home(patch: pytest.MonkeyPatch, home: Path, checkpoint: Path) -> Path:
+    """Point vibe_assets (CLI, resources, Dagster) at a temporary ``home`` (``VIBE_HOME``,
+    ``DAGSTER_HOME`` below it) with the tiny CLIP saved at ``checkpoint``, and nothing from
+    the real machine (:data:`MACHINE_SETTINGS` unset); returns ``home``."""
+    patch.setenv("VIBE_HOME", str(home))
+    patch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    patch.setenv("VIBE_CLIP_MODEL", TINY_CLIP)
+    patch.setenv("VIBE_CLIP_WEIGHTS", str(checkpoint))
+    for name in MACHINE_SETTINGS:
+        patch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, tiny_clip_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """:func:`use_home` for one test: its ``VIBE_HOME``."""
+    return use_home(monkeypatch, tmp_path / "home", tiny_clip_checkpoint)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Register the tiny architecture with open_clip and save random weights as a checkpoint."""

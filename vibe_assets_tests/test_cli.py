@@ -6,24 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from vibe_assets.cli import main
-from vibe_assets_tests.conftest import TINY_CLIP
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, tiny_clip_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("VIBE_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    monkeypatch.setenv("VIBE_CLIP_MODEL", TINY_CLIP)
-    monkeypatch.setenv("VIBE_CLIP_WEIGHTS", str(tiny_clip_checkpoint))
-    monkeypatch.delenv("QDRANT_URL", raising=False)
-    monkeypatch.delenv("VIBE_COLLECTION", raising=False)
-    return home
 
 
 def _library(root: Path) -> Path:

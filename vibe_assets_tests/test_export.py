@@ -17,20 +17,14 @@ from vibe_assets.cli import main
 from vibe_assets.vectors import Distance, VectorPoint, point_id
 from vibe_assets.vectors.edge import EdgeVectorStore
 from vibe_assets.vectors.export import write_jsonl, write_parquet
-from vibe_assets_tests.conftest import TINY_CLIP
+from vibe_assets_tests.conftest import use_home
 from vibe_assets_tests.test_faults import library
 
 
 @pytest.fixture
 def home(tmp_path: Path, tiny_clip_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A VIBE_HOME where 3 images of ``lib`` were ingested with the tiny CLIP."""
-    home = tmp_path / "home"
-    monkeypatch.setenv("VIBE_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    monkeypatch.setenv("VIBE_CLIP_MODEL", TINY_CLIP)
-    monkeypatch.setenv("VIBE_CLIP_WEIGHTS", str(tiny_clip_checkpoint))
-    for name in ("QDRANT_URL", "QDRANT_API_KEY", "VIBE_COLLECTION", "VIBE_COLLECTIONS_FILE"):
-        monkeypatch.delenv(name, raising=False)
+    home = use_home(monkeypatch, tmp_path / "home", tiny_clip_checkpoint)
     result = CliRunner().invoke(main, ["ingest", str(library(tmp_path / "lib", 3)), "--quiet"])
     assert result.exit_code == 0, result.output
     return home

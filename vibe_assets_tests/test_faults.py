@@ -37,7 +37,7 @@ from vibe_assets.resources import ClipResource, VectorStoreResource
 from vibe_assets.resources.device import _read_probe, _write_probe
 from vibe_assets.resources.qdrant import QdrantUnavailableError
 from vibe_assets.state import StateDB
-from vibe_assets_tests.conftest import TINY_CLIP, Env, metadata
+from vibe_assets_tests.conftest import Env, metadata, use_home
 from vibe_assets_tests.test_pipeline import make_photo
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -373,15 +373,8 @@ def test_partition_key_with_dotdot_is_unknown_and_touches_nothing(env: Env, tmp_
 
 @pytest.fixture
 def cli_home(tmp_path: Path, tiny_clip_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("VIBE_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    monkeypatch.setenv("VIBE_CLIP_MODEL", TINY_CLIP)
-    monkeypatch.setenv("VIBE_CLIP_WEIGHTS", str(tiny_clip_checkpoint))
     monkeypatch.setenv("VIBE_CLIP_BATCH_SIZE", "4")
-    for name in ("QDRANT_URL", "QDRANT_API_KEY", "VIBE_COLLECTION", "VIBE_COLLECTIONS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    return home
+    return use_home(monkeypatch, tmp_path / "home", tiny_clip_checkpoint)
 
 
 def test_cli_folders_add_registers_the_resolved_real_path_only(

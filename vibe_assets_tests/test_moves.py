@@ -21,7 +21,7 @@ from vibe_assets.cli import main
 from vibe_assets.moves import KIND_CURATE, plan_paths
 from vibe_assets.resources.store import StoreResource
 from vibe_assets.vectors.edge import sparse_copy
-from vibe_assets_tests.conftest import SAMPLES, TINY_CLIP, needs_samples
+from vibe_assets_tests.conftest import SAMPLES, needs_samples
 
 pytestmark = needs_samples
 
@@ -29,16 +29,9 @@ PHOTOS = ["pp_elephants.jpg", "pp_dog_orange.jpg", "sklearn_china.jpg", "mei_Nik
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, tiny_clip_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("VIBE_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    monkeypatch.setenv("VIBE_CLIP_MODEL", TINY_CLIP)
-    monkeypatch.setenv("VIBE_CLIP_WEIGHTS", str(tiny_clip_checkpoint))
+def cli_env(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VIBE_TEXT_ENCODER", "torch")  # no ONNX export of the tiny model here
-    monkeypatch.delenv("QDRANT_URL", raising=False)
-    monkeypatch.delenv("VIBE_COLLECTION", raising=False)
-    return home
+    return cli_env
 
 
 def _sha(path: Path) -> str:

@@ -21,7 +21,7 @@ from PIL import Image
 from vibe_assets.cli import main
 from vibe_assets.hashing import sha256_file
 from vibe_assets.resources.clip import ClipResource
-from vibe_assets_tests.conftest import TINY_CLIP
+from vibe_assets_tests.conftest import TINY_CLIP, use_home
 
 # name -> (folder, camera model, EXIF DateTime): a2 has no EXIF at all
 PHOTOS = {
@@ -74,14 +74,8 @@ def library(
     tmp_path_factory: pytest.TempPathFactory, tiny_clip_checkpoint: Path
 ) -> Iterator[Library]:
     tmp = tmp_path_factory.mktemp("search")
-    home = tmp / "home"
     patch = pytest.MonkeyPatch()
-    patch.setenv("VIBE_HOME", str(home))
-    patch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    patch.setenv("VIBE_CLIP_MODEL", TINY_CLIP)
-    patch.setenv("VIBE_CLIP_WEIGHTS", str(tiny_clip_checkpoint))
-    for name in ("QDRANT_URL", "VIBE_COLLECTION", "VIBE_COLLECTIONS_FILE", "VIBE_TEXT_ENCODER"):
-        patch.delenv(name, raising=False)
+    home = use_home(patch, tmp / "home", tiny_clip_checkpoint)
     root = tmp / "lib"
     shas = {}
     for seed, (name, (folder, camera, when)) in enumerate(PHOTOS.items()):

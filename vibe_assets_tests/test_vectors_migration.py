@@ -21,7 +21,7 @@ from vibe_assets.cli import main
 from vibe_assets.vectors import Distance, point_id
 from vibe_assets.vectors.edge import EdgeVectorStore
 from vibe_assets.vectors.migrate import legacy_collections, migrate_local_mode
-from vibe_assets_tests.conftest import TINY_CLIP, Env, metadata
+from vibe_assets_tests.conftest import Env, metadata, use_home
 from vibe_assets_tests.test_faults import Boom, counts, library
 
 __all__ = ["counts"]  # fixture imported from test_faults
@@ -120,14 +120,7 @@ def test_first_run_migrates_the_local_mode_store_from_the_store_without_recomput
 
 @pytest.fixture
 def cli_home(tmp_path: Path, tiny_clip_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("VIBE_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    monkeypatch.setenv("VIBE_CLIP_MODEL", TINY_CLIP)
-    monkeypatch.setenv("VIBE_CLIP_WEIGHTS", str(tiny_clip_checkpoint))
-    for name in ("QDRANT_URL", "QDRANT_API_KEY", "VIBE_COLLECTION", "VIBE_COLLECTIONS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    return home
+    return use_home(monkeypatch, tmp_path / "home", tiny_clip_checkpoint)
 
 
 def test_any_command_migrates_first_and_unconfigured_collections_are_named(

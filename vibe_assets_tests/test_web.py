@@ -21,7 +21,7 @@ from vibe_assets.web.dagster_md import INLINE_LIMIT, markdown_thumbnails
 from vibe_assets.web.security import CSRF_COOKIE, require_csrf
 from vibe_assets.web.service import WebService, check_upload, safe_name
 from vibe_assets_tests.conftest import SAMPLES, needs_samples
-from vibe_assets_tests.web_library import COPY, WebLibrary, build_library, web_env
+from vibe_assets_tests.web_library import COPY, WebLibrary, module_library
 
 pytestmark = needs_samples
 LOCAL = "http://127.0.0.1:8765"
@@ -32,13 +32,8 @@ KEY = "k" * 24
 def library(
     tmp_path_factory: pytest.TempPathFactory, tiny_clip_checkpoint: Path
 ) -> Iterator[WebLibrary]:
-    tmp = tmp_path_factory.mktemp("web")
-    patch = pytest.MonkeyPatch()
-    web_env(patch, tmp / "home", tiny_clip_checkpoint)
-    try:
-        yield build_library(tmp)
-    finally:
-        patch.undo()
+    with module_library(tmp_path_factory, tiny_clip_checkpoint, "web") as library:
+        yield library
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,9 @@ from vibe_assets_tests.conftest import SAMPLES, needs_samples
 from vibe_assets_tests.web_library import (
     COPY,
     WebLibrary,
-    build_library,
     free_port,
+    module_library,
     running_server,
-    web_env,
 )
 
 CHROMIUM = Path(os.environ.get("VIBE_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -55,13 +54,8 @@ else:
 def library(
     tmp_path_factory: pytest.TempPathFactory, tiny_clip_checkpoint: Path
 ) -> Iterator[WebLibrary]:
-    tmp = tmp_path_factory.mktemp("web_browser")
-    patch = pytest.MonkeyPatch()
-    web_env(patch, tmp / "home", tiny_clip_checkpoint)
-    try:
-        yield build_library(tmp)
-    finally:
-        patch.undo()
+    with module_library(tmp_path_factory, tiny_clip_checkpoint, "web_browser") as library:
+        yield library
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from vibe_assets_tests.conftest import SAMPLES, TINY_CLIP
+from vibe_assets_tests.conftest import SAMPLES, use_home
 
 PHOTOS = {
     "trips": ["sklearn_china.jpg", "sklearn_flower.jpg", "pp_elephants.jpg"],
@@ -40,23 +40,26 @@ class WebLibrary:
 
 
 def web_env(patch: pytest.MonkeyPatch, home: Path, checkpoint: Path) -> None:
-    """Point vibe_assets at ``home`` with the tiny CLIP (and nothing from the real machine)."""
-    patch.setenv("VIBE_HOME", str(home))
-    patch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    patch.setenv("VIBE_CLIP_MODEL", TINY_CLIP)
-    patch.setenv("VIBE_CLIP_WEIGHTS", str(checkpoint))
+    """Point vibe_assets at ``home`` with the tiny CLIP (:func:`conftest.use_home`), captions
+    off and previews kept."""
+    use_home(patch, home, checkpoint)
     patch.setenv("VIBE_CAPTIONS", "off")
     patch.setenv("VIBE_PREVIEW_GC_GRACE_SECONDS", "86400")
-    for name in (
-        "QDRANT_URL",
-        "VIBE_COLLECTION",
-        "VIBE_COLLECTIONS_FILE",
-        "VIBE_TEXT_ENCODER",
-        "VIBE_API_KEY",
-        "VIBE_PHOTO_ROOTS",
-        "VIBE_WEB_URL",
-    ):
-        patch.delenv(name, raising=False)
+
+
+@contextlib.contextmanager
+def module_library(
+    factory: pytest.TempPathFactory, checkpoint: Path, name: str
+) -> Iterator[WebLibrary]:
+    """A module's :func:`build_library` under a new temporary folder ``name``, with
+    :func:`web_env` set for as long as it is used."""
+    tmp = factory.mktemp(name)
+    patch = pytest.MonkeyPatch()
+    web_env(patch, tmp / "home", checkpoint)
+    try:
+        yield build_library(tmp)
+    finally:
+        patch.undo()
 
 
 def build_library(tmp: Path) -> WebLibrary:
