@@ -22,8 +22,6 @@ from vibe_assets.vectors.server import ServerVectorStore
 from vibe_assets.vectors.transfer import copy_collection
 from vibe_assets_tests import test_cli as cli_tests
 
-cli_env = cli_tests.cli_env  # fixture: temporary VIBE_HOME, tiny CLIP
-
 DIM = 16
 
 

@@ -42,7 +42,6 @@ REQUIRE_ENV = "VIBE_TEST_REQUIRE_POSTGRES"
 
 # Fixtures of the reused tests, made available here under their own names.
 cli = runs_tests.cli
-cli_env = cli_tests.cli_env
 root = sensor_tests.root
 
 
