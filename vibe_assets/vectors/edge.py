@@ -455,8 +455,8 @@ class EdgeVectorStore(VectorStore):
     def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:
         shard = self._shard(name)
         for i in range(0, len(points), UPSERT_BATCH):
-            batch = [  # float32 arrays as they are (faster than a list of Python floats)
-                qe.Point(p.id, np.asarray(p.vector, dtype=np.float32), p.payload)
+            batch = [  # a list of floats: qdrant-edge reads a numpy array item by item, slower
+                qe.Point(p.id, np.asarray(p.vector, dtype=np.float32).tolist(), p.payload)
                 for p in points[i : i + UPSERT_BATCH]
             ]
             shard.update(qe.UpdateOperation.upsert_points(batch))
