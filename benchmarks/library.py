@@ -19,7 +19,8 @@ of ``--range`` folders, each phase in a fresh subprocess (its peak RSS is its ow
   itself: state diff, point building, writes), which leaves out Dagster's bookkeeping in the
   step (one materialization event per folder written to the instance's event log);
   ``initial_other_s_per_run``: the rest of a range run's step, (step - sync) seconds / runs
-  (opening and closing the store, the asset checks, Dagster's events);
+  (opening and closing the store, the asset checks, Dagster's events, optimizing);
+  ``initial_optimize_s``: of that, the seconds spent optimizing segments (summed);
 - ``unchanged_range_s``: the Qdrant step of one range run over ``--range`` unchanged folders
   (``unchanged_range_sync_code_s``: its folders' ``sync_seconds``);
 - ``ten_changed_s``: the Qdrant step of a run over the one folder where 10 files changed bytes;
@@ -195,7 +196,7 @@ def phase_sync(home: Path, engine: str, ranges: list[tuple[str, str]]) -> dict[s
     warnings.filterwarnings("ignore")
     asset = build_qdrant_asset(CollectionSpec("photos", MODEL, WEIGHTS))
     resources = _resources(home, engine)
-    seconds, sync_seconds, points = 0.0, 0.0, 0
+    seconds, sync_seconds, optimize_seconds, points = 0.0, 0.0, 0.0, 0
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         optimize_storage(instance)  # as the CLI and the vibe_in_process executor do
         for first, last in ranges:
@@ -213,9 +214,12 @@ def phase_sync(home: Path, engine: str, ranges: list[tuple[str, str]]) -> dict[s
                 md = event.step_materialization_data.materialization.metadata
                 points = int(md["points_in_collection"].value)
                 sync_seconds += float(md["sync_seconds"].value)
+                run_optimize = float(md["optimize_seconds"].value)  # the run's, on every event
+            optimize_seconds += run_optimize
     return {
         "seconds": round(seconds, 3),
         "sync_seconds": round(sync_seconds, 3),
+        "optimize_seconds": round(optimize_seconds, 3),
         "points": points,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -384,6 +388,7 @@ def run_phases(opts: argparse.Namespace, server: str | None) -> None:
                 "initial_other_s_per_run": round(
                     (initial["seconds"] - initial["sync_seconds"]) / len(ranges), 3
                 ),
+                "initial_optimize_s": initial["optimize_seconds"],
                 "unchanged_range_sync_code_s": unchanged["sync_seconds"],
                 "unchanged_range_s": unchanged["seconds"],
                 "ten_changed_s": changed["seconds"],

@@ -111,6 +111,7 @@ def test_range_run_gives_each_partition_its_own_numbers(env: Env, tmp_path: Path
     assert (points[ka]["upserted"], points[kb]["upserted"]) == (3, 4)
     assert points[ka]["deleted"] == points[kb]["deleted"] == 0
     assert points[ka]["points_in_collection"] == 7 and points[ka]["run_upserted"] == 7
+    assert points[ka]["optimize_seconds"] == 0.0  # 7 points: far from a segment's worth
 
     by_folder = {
         r.data["partition"]: r.data

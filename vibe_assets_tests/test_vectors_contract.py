@@ -467,6 +467,101 @@ def test_edge_collections_keep_vectors_memory_mapped(tmp_path: Path) -> None:
     again.close()
 
 
+def _segment_indexes(folder: Path) -> list[str]:
+    """The vector index type of every segment of the shard ``folder`` ("plain": appendable)."""
+    return sorted(
+        json.loads(p.read_text())["config"]["vector_data"][""]["index"]["type"]
+        for p in folder.glob("segments/*/segment.json")
+    )
+
+
+def test_edge_optimize_makes_read_only_segments_and_keeps_every_result(tmp_path: Path) -> None:
+    """Optimizing a new embedded collection turns its appendable segment into read-only ones
+    (no HNSW graph: ``m=0``) and changes nothing anyone reads: counts, filters, payloads and
+    exact top-k (compared with numpy) are the same before, after and after reopening; writes
+    into optimized segments still land; a second call has nothing to do."""
+    root = tmp_path / "vectors"
+    store = EdgeVectorStore(root, segment_kb=1)  # 1 KiB: 32 vectors of 8 float32
+    store.ensure_collection("photos", DIM, Distance.COSINE)
+    points = make_points(
+        600,
+        folder_keys=lambda i: [f"k{i % 7}"],
+        taken_at=lambda i: f"20{10 + i % 10}-03-01T12:00:00",
+        camera_model=lambda i: ["X100V", "Z 8"][i % 2],
+    )
+    store.upsert("photos", points)
+    store.set_payloads("photos", [PayloadUpdate.one(points[3].id, {"caption": "a heron"})])
+    store.delete("photos", [points[5].id])
+    folder = root / "photos"
+    config = json.loads((folder / "edge_config.json").read_text())
+    assert config["hnsw_config"]["m"] == 0
+    assert _segment_indexes(folder) == ["plain"]
+    vectors = np.stack([p.vector for p in points])
+    alive = np.ones(len(points), bool)
+    alive[5] = False
+    queries = np.random.default_rng(3).normal(size=(5, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    flt = PointFilter.where(folder_keys="k3", taken_after="2013-01-01", camera_models="Z 8")
+
+    def seen(s: VectorStore) -> dict[str, object]:
+        return {
+            "count": s.count("photos"),
+            "k3": s.count("photos", PointFilter.where(folder_keys="k3")),
+            "filtered": sorted(p.id for p in s.scroll("photos", flt)),
+            "top": [[h.id for h in s.query("photos", q, limit=5)] for q in queries],
+            "top_filtered": [[h.id for h in s.query("photos", q, 5, flt)] for q in queries],
+            "payload": s.retrieve("photos", [points[3].id])[0].payload,
+        }
+
+    before = seen(store)
+    scores = vectors @ queries.T
+    scores[~alive] = -np.inf
+    exact = [[points[i].id for i in np.argsort(-scores[:, j])[:5]] for j in range(len(queries))]
+    assert before["top"] == exact
+    assert before["count"] == 599 and before["payload"]["caption"] == "a heron"
+
+    assert store.optimize("photos") is True
+    assert "hnsw" in _segment_indexes(folder)  # read-only segments (m=0: no graph)
+    assert seen(store) == before
+    assert store.optimize("photos") is False  # nothing new since
+    store.set_payloads("photos", [PayloadUpdate.one(points[7].id, {"caption": "a boat"})])
+    store.upsert("photos", make_points(1, seed=9))
+    store.close()
+
+    again = EdgeVectorStore(root, segment_kb=1)
+    after = seen(again)
+    assert (
+        after["count"] == 600
+        and again.retrieve("photos", [points[7].id])[0].payload["caption"] == "a boat"
+    )
+    assert {k: v for k, v in after.items() if k not in ("count", "top")} == {
+        k: v for k, v in before.items() if k not in ("count", "top")
+    }
+    again.close()
+
+
+def test_edge_collection_created_before_is_never_optimized(tmp_path: Path) -> None:
+    """A collection created before :data:`~vibe_assets.vectors.edge.EXACT_SEARCH` keeps
+    qdrant-edge's default HNSW settings, whose optimization would build a graph (minutes per
+    100k points): optimize() leaves it as it is, and a missing collection is an error."""
+    import qdrant_edge as qe
+
+    root = tmp_path / "vectors"
+    (root / "photos").mkdir(parents=True)
+    params = qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine)
+    qe.EdgeShard.create(str(root / "photos"), qe.EdgeConfig(vectors=params)).close()
+    store = EdgeVectorStore(root, segment_kb=1)
+    store.ensure_collection("photos", DIM, Distance.COSINE)
+    store.upsert("photos", make_points(600))
+    assert store.optimizes("photos") is False
+    assert store.optimize("photos") is False
+    assert _segment_indexes(root / "photos") == ["plain"]
+    assert store.count("photos") == 600
+    with pytest.raises(CollectionNotFoundError):
+        store.optimize("nope")
+    store.close()
+
+
 def test_server_snapshot_requests(tmp_path: Path) -> None:
     """The server engine's snapshot calls (no Qdrant server runs here: a stand-in client records
     what would be sent): create waits, restore recovers from the server's own snapshot file with

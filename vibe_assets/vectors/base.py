@@ -407,6 +407,13 @@ class VectorStore(abc.ABC):
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete the points ``ids`` (missing ids are ignored), :data:`READ_BATCH` per request."""
 
+    def optimize(self, name: str) -> bool:
+        """Let the engine reorganise what recent writes left in ``name`` (blocking); True when
+        it rewrote anything. Points, payloads and results are unchanged. A Qdrant server
+        optimizes on its own in the background, so by default this does nothing and returns
+        False; the embedded engine overrides it."""
+        return False
+
     @abc.abstractmethod
     def retrieve(
         self,

@@ -16,8 +16,9 @@ the holder. Writes go to the write-ahead log, so a process killed mid-upsert los
 :meth:`~EdgeVectorStore.upsert` returned from.
 
 Collections are created in a temporary folder and renamed into place, so a half-created shard
-is never seen. Their vectors stay in memory-mapped files (:data:`VECTOR_MEMORY`). Nothing here
-reads or writes a pickle.
+is never seen. Their vectors stay in memory-mapped files (:data:`VECTOR_MEMORY`), they search
+exactly (:data:`EXACT_SEARCH`) and :meth:`EdgeVectorStore.optimize` turns what writes gathered
+into read-only segments that open cheaply. Nothing here reads or writes a pickle.
 
 Snapshots live under ``snapshots_root`` (``$VIBE_HOME/snapshots``)::
 
@@ -93,10 +94,10 @@ _DISTANCES = {
     Distance.EUCLID: qe.Distance.Euclid,
     Distance.MANHATTAN: qe.Distance.Manhattan,
 }
-_FIELD_TYPES = {
-    FieldType.KEYWORD: qe.PayloadSchemaType.Keyword,
-    FieldType.DATETIME: qe.PayloadSchemaType.Datetime,
-    FieldType.GEO: qe.PayloadSchemaType.Geo,
+_FIELD_PARAMS = {
+    FieldType.KEYWORD: qe.KeywordIndexParams,
+    FieldType.DATETIME: qe.DatetimeIndexParams,
+    FieldType.GEO: qe.GeoIndexParams,
 }
 
 
@@ -238,6 +239,29 @@ time the shard opens. Every run and every command opens the shard anew, so openi
 (``open_s`` and ``ten_changed_s`` of ``benchmarks/library.py``); the first query after an open
 reads its vectors from the page cache instead. A collection created before keeps its setting."""
 
+INDEX_MEMORY = qe.Memory.Cold
+"""Where a new payload index lives: ``Cold``, files memory-mapped once its segment is optimized
+(see :data:`EXACT_SEARCH`), instead of read into RAM at every open."""
+
+EXACT_SEARCH = qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000)
+"""A new collection builds no HNSW graph (``m=0``): every query compares the query vector with
+every candidate point, so results are exact. A library on one machine (up to ~200k points) is
+searched this way in tens of milliseconds (``query_ms`` of ``benchmarks/library.py``); a graph
+would cost minutes of CPU each time segments are optimized. ``m=0`` is how Qdrant's
+multitenancy guide skips the global graph; the contract tests compare results with an exact
+numpy top-k after optimizing."""
+
+SEGMENT_KB = 20_000
+"""Vector data (KiB) that the appendable segment of a new collection collects before
+:meth:`EdgeVectorStore.optimize` turns it into an optimized, read-only segment (qdrant-edge's
+``indexing_threshold``): 10,000 points of 512 float32 dimensions."""
+
+SEGMENTS = 8
+"""Optimized segments a new collection keeps before :meth:`EdgeVectorStore.optimize` merges the
+smallest ones (qdrant-edge's ``default_segment_number``). Fewer segments open faster; each
+merge rewrites what it merges (with 1 segment, every optimization rewrites the whole
+collection)."""
+
 
 class EdgeVectorStore(VectorStore):
     """Collections as qdrant-edge shards under ``root``.
@@ -250,6 +274,7 @@ class EdgeVectorStore(VectorStore):
             starts and every ``notify_seconds`` after; None: silent.
         poll_seconds: pause between open attempts while waiting.
         snapshots_root: folder of the snapshots (default: ``snapshots`` beside ``root``).
+        segment_kb: :data:`SEGMENT_KB` of the collections created here (tests make it small).
     """
 
     engine = "edge"
@@ -262,8 +287,10 @@ class EdgeVectorStore(VectorStore):
         poll_seconds: float = 0.2,
         notify_seconds: float = 5.0,
         snapshots_root: Path | None = None,
+        segment_kb: int = SEGMENT_KB,
     ) -> None:
         self.root = Path(root)
+        self.segment_kb = segment_kb
         self.snapshots_root = (
             Path(snapshots_root) if snapshots_root is not None else self.root.parent / "snapshots"
         )
@@ -373,7 +400,38 @@ class EdgeVectorStore(VectorStore):
         present = shard.info().payload_schema
         for field, kind in INDEXED_FIELDS.items():
             if field not in present:
-                shard.update(qe.UpdateOperation.create_field_index(field, _FIELD_TYPES[kind]))
+                params = _FIELD_PARAMS[kind](memory=INDEX_MEMORY)
+                shard.update(qe.UpdateOperation.create_field_index(field, params))
+
+    def optimizes(self, name: str) -> bool:
+        """True when ``name`` was created with :data:`EXACT_SEARCH` (no HNSW graph), so
+        :meth:`optimize` is cheap there. A collection created before keeps qdrant-edge's
+        default graph, which optimizing would build (minutes per 100k points): never
+        optimized here."""
+        try:
+            config = json.loads((self._dir(name) / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        hnsw = config.get("hnsw_config") if isinstance(config, dict) else None
+        return isinstance(hnsw, dict) and hnsw.get("m") == 0
+
+    def optimize(self, name: str) -> bool:
+        """Run qdrant-edge's segment optimizers on ``name`` (in this process, blocking): once
+        its appendable segment holds :data:`SEGMENT_KB` of vectors, it becomes a read-only
+        segment whose payload indexes are memory-mapped, and past :data:`SEGMENTS` segments
+        the smallest are merged. A shard then opens without rebuilding its payload indexes in
+        RAM. True when segments were rewritten; False when nothing was due, or for a
+        collection created before (see :meth:`optimizes`).
+
+        Raises:
+            CollectionNotFoundError: no such collection.
+            QdrantBusyError: held by another process past ``wait_seconds``.
+        """
+        if not self.optimizes(name):
+            if not self.collection_exists(name):
+                raise CollectionNotFoundError(f"collection {name!r} does not exist")
+            return False
+        return bool(self._shard(name).optimize())
 
     # -- collections --------------------------------------------------------------------------
     def collection_exists(self, name: str) -> bool:
@@ -392,7 +450,14 @@ class EdgeVectorStore(VectorStore):
             params = qe.EdgeVectorParams(
                 size=size, distance=_DISTANCES[distance], memory=VECTOR_MEMORY
             )
-            qe.EdgeShard.create(str(tmp), qe.EdgeConfig(vectors=params)).close()
+            config = qe.EdgeConfig(
+                vectors=params,
+                hnsw_config=EXACT_SEARCH,
+                optimizers=qe.EdgeOptimizersConfig(
+                    indexing_threshold=self.segment_kb, default_segment_number=SEGMENTS
+                ),
+            )
+            qe.EdgeShard.create(str(tmp), config).close()
             try:
                 os.rename(tmp, self._dir(name))  # atomic; fails if another process won the race
                 created = True
