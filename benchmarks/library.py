@@ -210,6 +210,7 @@ def phase_sync(home: Path, engine: str, ranges: list[tuple[str, str]]) -> dict[s
                 },
             )
             seconds += _qdrant_step_seconds(instance, result.run_id)
+            run_optimize = 0.0
             for event in result.get_asset_materialization_events():
                 md = event.step_materialization_data.materialization.metadata
                 points = int(md["points_in_collection"].value)

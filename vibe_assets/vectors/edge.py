@@ -181,6 +181,15 @@ def sparse_copy(src: str, dst: str) -> str:
     return dst
 
 
+def _shard_config(shard_dir: Path) -> Any:
+    """The shard folder's own config file (qdrant-edge's ``edge_config.json``), parsed.
+
+    Raises:
+        OSError, ValueError: unreadable, or not JSON.
+    """
+    return json.loads((shard_dir / CONFIG_FILE).read_text())
+
+
 def _config_at(shard_dir: Path, name: str) -> tuple[int, str]:
     """``(vector size, distance name)`` of the shard folder ``shard_dir`` (collection ``name``),
     read from its own config file (no lock needed).
@@ -190,8 +199,7 @@ def _config_at(shard_dir: Path, name: str) -> tuple[int, str]:
     """
     path = shard_dir / CONFIG_FILE
     try:
-        vectors = json.loads(path.read_text())["vectors"]
-        params = vectors[""]
+        params = _shard_config(shard_dir)["vectors"][""]
         return int(params["size"]), str(params["distance"]).lower()
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CollectionMismatchError(
@@ -409,10 +417,9 @@ class EdgeVectorStore(VectorStore):
         default graph, which optimizing would build (minutes per 100k points): never
         optimized here."""
         try:
-            config = json.loads((self._dir(name) / CONFIG_FILE).read_text())
-        except (OSError, ValueError):
+            hnsw = _shard_config(self._dir(name)).get("hnsw_config")
+        except (OSError, ValueError, AttributeError):
             return False
-        hnsw = config.get("hnsw_config") if isinstance(config, dict) else None
         return isinstance(hnsw, dict) and hnsw.get("m") == 0
 
     def optimize(self, name: str) -> bool:
@@ -427,11 +434,8 @@ class EdgeVectorStore(VectorStore):
             CollectionNotFoundError: no such collection.
             QdrantBusyError: held by another process past ``wait_seconds``.
         """
-        if not self.optimizes(name):
-            if not self.collection_exists(name):
-                raise CollectionNotFoundError(f"collection {name!r} does not exist")
-            return False
-        return bool(self._shard(name).optimize())
+        shard = self._shard(name)
+        return self.optimizes(name) and bool(shard.optimize())
 
     # -- collections --------------------------------------------------------------------------
     def collection_exists(self, name: str) -> bool:
