@@ -29,7 +29,10 @@ of ``--range`` folders, each phase in a fresh subprocess (its peak RSS is its ow
 - ``query_ms`` / ``filtered_query_ms``: top-10 by vector, plain / filtered by one folder and a
   capture-time range (p50 and p95 of 50 queries, after 5 warm-up queries);
 - ``peak_rss_mb``: the largest peak RSS of a sync phase's process (``ru_maxrss``);
-- ``state_mb`` / ``cache_mb`` / ``vectors_mb``: sizes on disk afterwards.
+- ``state_mb`` / ``cache_mb`` / ``vectors_mb``: disk space they take afterwards (allocated
+  blocks, what ``du`` reports); ``vectors_apparent_mb``: the vectors' file sizes summed (``du
+  --apparent-size``), larger, as qdrant-edge preallocates files that stay sparse until
+  written (WAL files and each segment's payload pages, 32 MiB each; index flag files).
 
 ``--engine local`` runs the same asset on qdrant-client's local mode (``QdrantClient(path=)``,
 the embedded engine before issue 13: it stores points pickled in SQLite, so it is only ever
@@ -306,9 +309,13 @@ def _subprocess(args: list[str]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _mb(path: Path) -> float:
+def _mb(path: Path, apparent: bool = False) -> float:
+    """MiB that ``path`` (a file or a folder) takes on disk: allocated blocks, or the files'
+    sizes summed when ``apparent``."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return round(sum(p.stat().st_size for p in files) / 2**20, 1)
+    stats = [p.stat() for p in files]
+    size = sum(s.st_size if apparent else s.st_blocks * 512 for s in stats)
+    return round(size / 2**20, 1)
 
 
 def main() -> None:
@@ -371,6 +378,7 @@ def run_phases(opts: argparse.Namespace, server: str | None) -> None:
         ["--phase", "sync", *base, "--args", json.dumps({"ranges": [[key, key]]})]
     )
     query = _subprocess(["--phase", "query", *base, "--args", json.dumps({"keys": keys})])
+    vectors = home / ("qdrant-local" if opts.engine == "local" else "vectors")
     print(
         json.dumps(
             {
@@ -401,7 +409,8 @@ def run_phases(opts: argparse.Namespace, server: str | None) -> None:
                 "points": query["points"],
                 "state_mb": _mb(home / "state.sqlite3"),
                 "cache_mb": _mb(home / "cache"),
-                "vectors_mb": _mb(home / ("qdrant-local" if opts.engine == "local" else "vectors")),
+                "vectors_mb": _mb(vectors),
+                "vectors_apparent_mb": _mb(vectors, apparent=True),
             }
         )
     )
