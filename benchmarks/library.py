@@ -21,6 +21,13 @@ of ``--range`` folders, each phase in a fresh subprocess (its peak RSS is its ow
   ``initial_other_s_per_run``: the rest of a range run's step, (step - sync) seconds / runs
   (opening and closing the store, the asset checks, Dagster's events, optimizing);
   ``initial_optimize_s``: of that, the seconds spent optimizing segments (summed);
+- ``dagster_ms_per_partition`` / ``engine_points_per_s``: measured apart, over the first range
+  runs holding about :data:`FLOOR_POINTS` points (:func:`phase_floors`): Dagster's own seconds
+  per folder partition in a range run's step (a no-op asset recording the same metadata), and
+  the store's own upsert points/s (the synced points written again, one call per folder);
+  ``initial_step_ceiling_points_per_s``: 1 / (1 / engine points/s + Dagster's seconds per
+  partition / images per folder), what the initial sync's step would reach if our code,
+  opening the store and optimizing took no time;
 - ``unchanged_range_s``: the Qdrant step of one range run over ``--range`` unchanged folders
   (``unchanged_range_sync_code_s``: its folders' ``sync_seconds``);
 - ``ten_changed_s``: the Qdrant step of a run over the one folder where 10 files changed bytes;
@@ -59,6 +66,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, WEIGHTS, DIM = "ViT-B-32", "random", 512
+FLOOR_POINTS = 20_000  # about how many points (whole range runs) the floors phase measures
 CAMERAS = ("X100V", "X-T4", "GFX100S", "EOS R5", "Z 8")
 
 
@@ -170,19 +178,19 @@ def setup(home: Path, images: int, folders: int, instance: str = "sqlite") -> li
     return keys
 
 
-def _qdrant_step_seconds(instance: Any, run_id: str) -> float:
+def _qdrant_step_seconds(instance: Any, run_id: str, prefix: str = "qdrant_") -> float:
     times = {}
     for record in instance.all_logs(run_id):
         event = record.dagster_event
         if (
             event
             and event.step_key
-            and event.step_key.startswith("qdrant_")
+            and event.step_key.startswith(prefix)
             and event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
         ):
             times[event.event_type_value] = record.timestamp
     if "STEP_SUCCESS" not in times:
-        raise RuntimeError(f"the Qdrant step of run {run_id} did not succeed: {times}")
+        raise RuntimeError(f"the {prefix} step of run {run_id} did not succeed: {times}")
     return times["STEP_SUCCESS"] - times["STEP_START"]
 
 
@@ -252,6 +260,81 @@ def phase_change(home: Path, key: str, count: int) -> None:
     store.set_folder_hashes(key, {"root": hashes["root"], "files": files, "failures": []})
     store.put_embeddings(ClipResource(model_name=MODEL, weights=WEIGHTS).model_id, new)
     store.close()
+
+
+def phase_floors(home: Path, engine: str, ranges: list[tuple[str, str]]) -> dict[str, Any]:
+    """What the Qdrant step costs beyond our code, measured apart on the same library:
+
+    - ``dagster``: a no-op asset on the same folder partitions (same backfill policy, pool and
+      instance) that records the per-partition metadata the real asset records, run over
+      ``ranges``: Dagster's own seconds per partition in a range run's step;
+    - ``engine``: the points of ``ranges``' folders read back from collection ``photos``
+      (vectors and payloads as synced) and upserted into a new collection of the same store,
+      one call per folder as the sync makes: the store's own points/s (for qdrant-edge, building
+      its points from Python objects and applying the update).
+    """
+    import warnings
+
+    import dagster as dg
+
+    from vibe_assets.instance import optimize_storage
+    from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
+    from vibe_assets.report import add_partition_metadata, run_totals
+    from vibe_assets.vectors import Distance, PointFilter, VectorPoint
+
+    warnings.filterwarnings("ignore")
+    counts = {"upserted": 20, "payload_updated": 0, "captions_updated": 0, "deleted": 0}
+    counts |= {"unchanged": 0, "skipped_no_embedding": 0}
+
+    @dg.asset(
+        name="floor_noop",
+        partitions_def=photo_folder_partitions,
+        backfill_policy=BACKFILL_POLICY,
+        pool="qdrant",
+    )
+    def floor_noop(context):  # unannotated: dg is imported in this function
+        keys = list(context.partition_keys)
+        extra = {"folder_removed": False, "sync_seconds": 0.001}
+        add_partition_metadata(context, {key: {**counts, **extra} for key in keys})
+        fixed = {"collection": "photos", "location": "embedded:" + str(home), "vector_size": DIM}
+        fixed |= {"embed_model": MODEL, "points_in_collection": 0, "reconciled": 0}
+        run = run_totals(keys, dict.fromkeys(keys, counts))
+        return dg.MaterializeResult(metadata={**fixed, "optimize_seconds": 0.0, **run})
+
+    partitions, seconds = 0, 0.0
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        optimize_storage(instance)
+        all_keys = instance.get_dynamic_partitions(photo_folder_partitions.name)
+        folders: list[str] = []
+        for first, last in ranges:
+            tags = {
+                "dagster/asset_partition_range_start": first,
+                "dagster/asset_partition_range_end": last,
+            }
+            result = dg.materialize([floor_noop], instance=instance, tags=tags)
+            seconds += _qdrant_step_seconds(instance, result.run_id, prefix="floor_")
+            run_keys = all_keys[all_keys.index(first) : all_keys.index(last) + 1]
+            partitions += len(run_keys)
+            folders += run_keys
+
+    store = _resources(home, engine)["qdrant"].open()
+    by_folder = []
+    for key in folders:
+        found = store.scroll("photos", PointFilter.where(folder_keys=key), with_vectors=True)
+        by_folder.append([VectorPoint(p.id, p.vector, p.payload) for p in found])
+    store.ensure_collection("floor", DIM, Distance.COSINE)
+    t0 = time.perf_counter()
+    for points in by_folder:
+        store.upsert("floor", points)
+    engine_s = time.perf_counter() - t0
+    store.delete_collection("floor")
+    store.close()
+    points = sum(len(p) for p in by_folder)
+    return {
+        "dagster_ms_per_partition": round(1000 * seconds / partitions, 2),
+        "engine_points_per_s": round(points / engine_s, 1),
+        "engine_points": points,
+    }
 
 
 def phase_query(home: Path, engine: str, keys: list[str]) -> dict[str, Any]:
@@ -342,6 +425,9 @@ def main() -> None:
         elif opts.phase == "change":
             phase_change(home, extra["key"], extra["count"])
             print("{}")
+        elif opts.phase == "floors":
+            ranges = [tuple(r) for r in extra["ranges"]]
+            print(json.dumps(phase_floors(home, opts.engine, ranges)))
         elif opts.phase == "query":
             print(json.dumps(phase_query(home, opts.engine, extra["keys"])))
         return
@@ -378,6 +464,13 @@ def run_phases(opts: argparse.Namespace, server: str | None) -> None:
         ["--phase", "sync", *base, "--args", json.dumps({"ranges": [[key, key]]})]
     )
     query = _subprocess(["--phase", "query", *base, "--args", json.dumps({"keys": keys})])
+    sample = ranges[: max(1, FLOOR_POINTS * len(ranges) // max(1, opts.images))]
+    floors = _subprocess(["--phase", "floors", *base, "--args", json.dumps({"ranges": sample})])
+    images_per_folder = opts.images / opts.folders
+    ceiling = 1 / (
+        1 / floors["engine_points_per_s"]
+        + floors["dagster_ms_per_partition"] / 1000 / images_per_folder
+    )
     vectors = home / ("qdrant-local" if opts.engine == "local" else "vectors")
     print(
         json.dumps(
@@ -398,6 +491,9 @@ def run_phases(opts: argparse.Namespace, server: str | None) -> None:
                     (initial["seconds"] - initial["sync_seconds"]) / len(ranges), 3
                 ),
                 "initial_optimize_s": initial["optimize_seconds"],
+                "initial_step_ceiling_points_per_s": round(ceiling, 1),
+                "dagster_ms_per_partition": floors["dagster_ms_per_partition"],
+                "engine_points_per_s": floors["engine_points_per_s"],
                 "unchanged_range_sync_code_s": unchanged["sync_seconds"],
                 "unchanged_range_s": unchanged["seconds"],
                 "ten_changed_s": changed["seconds"],
