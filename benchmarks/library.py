@@ -280,7 +280,7 @@ def phase_floors(home: Path, engine: str, ranges: list[tuple[str, str]]) -> dict
     from vibe_assets.instance import optimize_storage
     from vibe_assets.partitions import BACKFILL_POLICY, photo_folder_partitions
     from vibe_assets.report import add_partition_metadata, run_totals
-    from vibe_assets.vectors import Distance, PointFilter, VectorPoint
+    from vibe_assets.vectors import Distance, VectorPoint
 
     warnings.filterwarnings("ignore")
     counts = {"upserted": 20, "payload_updated": 0, "captions_updated": 0, "deleted": 0}
@@ -318,18 +318,19 @@ def phase_floors(home: Path, engine: str, ranges: list[tuple[str, str]]) -> dict
             folders += run_keys
 
     store = _resources(home, engine)["qdrant"].open()
-    by_folder = []
-    for key in folders:
-        found = store.scroll("photos", PointFilter.where(folder_keys=key), with_vectors=True)
-        by_folder.append([VectorPoint(p.id, p.vector, p.payload) for p in found])
+    by_folder: dict[str, list[Any]] = {key: [] for key in folders}
+    for point in store.scroll("photos", with_vectors=True):  # one pass: local mode filters slowly
+        key = point.payload["folder_keys"][0]
+        if key in by_folder:
+            by_folder[key].append(VectorPoint(point.id, point.vector, point.payload))
     store.ensure_collection("floor", DIM, Distance.COSINE)
     t0 = time.perf_counter()
-    for points in by_folder:
+    for points in by_folder.values():
         store.upsert("floor", points)
     engine_s = time.perf_counter() - t0
     store.delete_collection("floor")
     store.close()
-    points = sum(len(p) for p in by_folder)
+    points = sum(len(p) for p in by_folder.values())
     return {
         "dagster_ms_per_partition": round(1000 * seconds / partitions, 2),
         "engine_points_per_s": round(points / engine_s, 1),
