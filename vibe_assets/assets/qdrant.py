@@ -218,9 +218,10 @@ def build_qdrant_asset(
     the model.
 
     After the syncs, the embedded engine optimizes the collection's segments when enough new
-    points have gathered (:meth:`~vibe_assets.vectors.edge.EdgeVectorStore.optimize`: a few
-    seconds every ~10,000 new points, so that every later open of the collection is cheaper);
-    ``optimize_seconds`` in the metadata says how long it took (0: nothing was due).
+    points have gathered (:meth:`~vibe_assets.vectors.edge.EdgeVectorStore.optimize`, once
+    :data:`~vibe_assets.vectors.edge.SEGMENT_KB` of new vectors, so that every later open of
+    the collection is cheaper); ``optimize_seconds`` in the metadata says how long it took (0:
+    nothing was due).
 
     Each partition's metadata holds its own folder's sync counts (``upserted``,
     ``payload_updated``, ``captions_updated``, ``deleted``, ``unchanged``,
